@@ -1,0 +1,58 @@
+"""snakeden: a pool of long-lived, pre-warmed worker processes.
+
+Calls run concurrently on workers that survive crashes of their peers, are killed when a call
+hangs, keep state between calls, and speak a small language-neutral protocol.
+"""
+
+from snakeden._commands import command
+from snakeden._errors import (
+    BadCall,
+    CallError,
+    CallTimeout,
+    PayloadTooLarge,
+    PoolBroken,
+    PoolClosed,
+    PoolError,
+    PoolSaturated,
+    ProtocolError,
+    QueueTimeout,
+    RemoteError,
+    RemoteTraceback,
+    SerializationError,
+    SnakedenError,
+    UnknownCommand,
+    WorkerCrashed,
+    WorkerStartError,
+)
+from snakeden._events import WorkerEvent
+from snakeden._pool import Pool
+from snakeden._stats import Percentiles, PoolStats
+from snakeden._syncpool import SyncPool
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BadCall",
+    "CallError",
+    "CallTimeout",
+    "PayloadTooLarge",
+    "Percentiles",
+    "Pool",
+    "PoolBroken",
+    "PoolClosed",
+    "PoolError",
+    "PoolSaturated",
+    "PoolStats",
+    "ProtocolError",
+    "QueueTimeout",
+    "RemoteError",
+    "RemoteTraceback",
+    "SerializationError",
+    "SnakedenError",
+    "SyncPool",
+    "UnknownCommand",
+    "WorkerCrashed",
+    "WorkerEvent",
+    "WorkerStartError",
+    "command",
+]

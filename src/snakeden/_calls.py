@@ -1,0 +1,121 @@
+"""Turning a call into a frame body and a reply frame into a result or an exception.
+
+Pure functions shared by both fronts; no I/O, no pool state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from snakeden._commands import reference_of
+from snakeden._errors import (
+    BadCall,
+    PayloadTooLarge,
+    ProtocolError,
+    RemoteError,
+    SerializationError,
+    UnknownCommand,
+)
+from snakeden._protocol import (
+    HEADER_SIZE,
+    Flag,
+    Frame,
+    Kind,
+    decode_body,
+    encode_body,
+)
+
+Command = str | Callable[..., Any]
+
+
+def command_name(cmd: Command) -> tuple[str, int]:
+    """The wire name of a command and the flag bits it needs."""
+    if isinstance(cmd, str):
+        return cmd, 0
+    if callable(cmd):
+        return reference_of(cmd), Flag.BY_REFERENCE
+    raise TypeError(f"a command is a name (str) or a module-level function, not {cmd!r}")
+
+
+def encode_call(
+    cmd: Command,
+    args: tuple[Any, ...] | list[Any],
+    kwargs: dict[str, Any],
+    *,
+    pickle: bool,
+    max_frame_size: int,
+    batch: bool = False,
+) -> tuple[str, int, bytes]:
+    """``(name, flags, body)`` for a CALL frame. Fails before anything is sent."""
+    name, flags = command_name(cmd)
+    if pickle:
+        flags |= Flag.PICKLE
+    if batch:
+        flags |= Flag.BATCH
+    try:
+        body = encode_body([name, args, kwargs], flags & Flag.PICKLE)
+    except Exception as exc:
+        codec = "pickle" if pickle else "MessagePack"
+        hint = (
+            "pass plain data (None, bool, int, float, str, bytes, list, dict) "
+            "or create the pool with serializer='pickle'"
+            if not pickle
+            else "make the arguments picklable"
+        )
+        raise SerializationError(
+            f"the arguments of {name!r} cannot be serialised with {codec}: {exc}; {hint}. "
+            f"Nothing was sent"
+        ) from exc
+    if len(body) + HEADER_SIZE > max_frame_size:
+        raise PayloadTooLarge(
+            f"the call to {name!r} is {len(body) + HEADER_SIZE} bytes, over the maximum frame "
+            f"size of {max_frame_size} bytes; send less per call or raise max_frame_size. "
+            f"Nothing was sent"
+        )
+    return name, flags, body
+
+
+def error_from_body(body: Any, name: str) -> Exception:
+    """Map an ERROR frame's body to the exception the caller gets."""
+    if not isinstance(body, dict):
+        return ProtocolError(f"worker sent a malformed ERROR body for {name!r}: {body!r:.200}")
+    kind = body.get("kind")
+    type_name = str(body.get("type", "Exception"))
+    message = str(body.get("message", ""))
+    if kind == "unknown_command":
+        detail = message if ":" in name else ""
+        return UnknownCommand(name, body.get("commands") or (), detail)
+    if kind == "bad_call":
+        return BadCall(f"bad call to {name!r}: {message}")
+    if kind in ("encode", "decode"):
+        return SerializationError(message)
+    return RemoteError(type_name, message, str(body.get("traceback", "")), name)
+
+
+def decode_reply(frame: Frame, name: str) -> Any:
+    """The result of a RESULT frame; raises the mapped exception for an ERROR frame."""
+    try:
+        body = decode_body(frame)
+    except Exception as exc:
+        raise ProtocolError(
+            f"worker sent an undecodable reply to {name!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+    if frame.kind == Kind.RESULT:
+        return body
+    if frame.kind == Kind.ERROR:
+        raise error_from_body(body, name)
+    raise ProtocolError(f"worker answered {name!r} with an unexpected frame kind {frame.kind}")
+
+
+def unpack_batch(results: Any, name: str) -> list[Any]:
+    """Results of a BATCH call, in order; the first failed item raises its exception."""
+    if not isinstance(results, list):
+        raise ProtocolError(f"worker sent a malformed batch reply for {name!r}")
+    out = []
+    for item in results:
+        ok, value = item
+        if not ok:
+            raise error_from_body(value, name)
+        out.append(value)
+    return out

@@ -1,0 +1,62 @@
+"""Lifecycle events: worker started, ready, crashed, timed out, recycled, replaced, ...
+
+A pool takes ``on_event=callback``; each event is an immutable :class:`WorkerEvent`. Callbacks run
+on the pool's event loop and must be quick; an exception in one is logged, never propagated.
+Later, metrics exporters subscribe here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from snakeden._core import WorkerHandle
+
+log = logging.getLogger("snakeden")
+
+#: Event kinds, in rough lifecycle order.
+EVENT_KINDS = (
+    "started",  # the process exists (launched)
+    "ready",  # it said HELLO; duration = launch to ready
+    "start_failed",
+    "crashed",  # died outside of a shutdown (detail: exit description)
+    "timed_out",  # killed because a call exceeded its timeout
+    "unhealthy",  # failed a health check (no pong, stopped)
+    "aged",  # reached max_age; a replacement is started
+    "over_memory",  # exceeded max_memory
+    "recycled",  # retired after its replacement became ready (or its limit)
+    "replaced",  # its replacement is ready (detail: the new worker's id)
+    "shrunk",  # retired for being idle past idle_timeout
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerEvent:
+    kind: str
+    worker_id: str
+    pid: int | None
+    at: float  # the pool clock's reading
+    duration: float | None  # seconds, where the event ends a phase (e.g. ready: start-up time)
+    detail: str = ""
+
+
+class EventHub:
+    def __init__(self, callback: Callable[[WorkerEvent], None] | None, clock: Callable[[], float]):
+        self.callback = callback
+        self.clock = clock
+
+    def emit(
+        self, kind: str, w: WorkerHandle, t0: float | None, *, detail: str = ""
+    ) -> None:
+        if self.callback is None:
+            return
+        duration = time.perf_counter() - t0 if t0 is not None else None
+        event = WorkerEvent(kind, w.id, w.pid, self.clock(), duration, detail)
+        try:
+            self.callback(event)
+        except Exception:
+            log.exception("on_event callback failed for %s", event)

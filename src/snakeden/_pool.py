@@ -1,0 +1,262 @@
+"""``Pool``: the asyncio front.
+
+Each call runs in the caller's task: it takes a free worker itself (or queues FIFO), writes the
+CALL frame, and awaits the reply future that the channel's reader callback resolves. Timeouts are a
+loop timer that kills the worker; cancellation of the caller is re-raised untouched, and the
+worker is either given back once its reply arrives or killed after ``cancel_grace``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from snakeden._calls import Command, decode_reply, encode_call, unpack_batch
+from snakeden._channel import ChannelLost
+from snakeden._core import PoolConfig, PoolCore, WorkerHandle
+from snakeden._errors import CallTimeout, PoolClosed, ProtocolError, WorkerCrashed
+from snakeden._events import WorkerEvent
+from snakeden._launchers import make_launcher
+from snakeden._protocol import DEFAULT_MAX_FRAME_SIZE, Kind, encode_frame, encode_header
+from snakeden._stats import PoolStats
+
+_UNSET: Any = object()
+
+
+def make_config(target: str | None, kwargs: dict[str, Any]) -> PoolConfig:
+    if "preload" in kwargs:
+        kwargs["preload"] = tuple(kwargs["preload"])
+    if "env" in kwargs and kwargs["env"] is None:
+        kwargs["env"] = {}
+    return PoolConfig(target=target, **kwargs)
+
+
+class Pool:
+    """A pool of warm worker processes, for asyncio.
+
+    ``target`` names the worker module (``"pkg.mod"``) or a class in it (``"pkg.mod:Model"``),
+    or is ``None`` for a pool that only runs functions by reference.
+
+    Keyword arguments (all optional):
+
+    * ``size``: workers to keep (default: CPU count); ``max_size`` lets it grow under load and
+      ``idle_timeout`` shrinks it back.
+    * ``start_method``: ``"fork"`` (warm from a template), ``"spawn"`` or ``"auto"``; ``preload``:
+      modules the template imports once; ``python``: another interpreter (spawn only).
+    * ``serializer``: ``"msgpack"`` (default, language neutral) or ``"pickle"`` (Python objects).
+    * ``call_timeout``, ``queue_timeout``, ``max_queue``, ``start_timeout``, ``shutdown_timeout``,
+      ``cancel_grace``, ``max_frame_size``.
+    * ``max_calls``, ``max_age``, ``max_memory``: recycling; ``health_interval``, ``ping_timeout``.
+    * ``min_ready``: return from start once this many workers are ready.
+    * ``on_event``: a callback receiving :class:`WorkerEvent` for each lifecycle event.
+    * ``env``, ``cwd``: for the worker processes; ``clock``: injectable monotonic clock.
+    """
+
+    def __init__(self, target: str | None = None, **options: Any) -> None:
+        self.config = make_config(target, options)
+        self.config.validate()
+        self._core: PoolCore | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> Pool:
+        if self._core is not None:
+            raise RuntimeError("the pool is already started")
+        loop = asyncio.get_running_loop()
+        self._core = PoolCore(self.config, make_launcher(self.config), loop, blocking=False)
+        await self._core.start()
+        return self
+
+    async def __aenter__(self) -> Pool:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close(cancel_pending=exc_info[0] is not None)
+
+    async def close(self, *, cancel_pending: bool = False, timeout: float | None = None) -> None:
+        """Drain in-flight and queued calls (or fail queued ones with ``PoolClosed`` when
+        ``cancel_pending``), then stop every worker: SHUTDOWN, SIGTERM, SIGKILL on a timer."""
+        if self._core is not None:
+            await self._core.aclose(cancel_pending=cancel_pending, timeout=timeout)
+
+    async def wait_ready(self, n: int | None = None, timeout: float | None = None) -> None:
+        """Wait until ``n`` workers (default: ``size``) are ready."""
+        await self._running().wait_ready(n, timeout)
+
+    def _running(self) -> PoolCore:
+        if self._core is None:
+            raise PoolClosed("the pool is not started; use 'async with Pool(...)' or start()")
+        return self._core
+
+    # --- calls --------------------------------------------------------------------------------
+
+    async def call(self, cmd: Command, /, *args: Any, timeout: float | None = _UNSET, **kwargs: Any) -> Any:
+        """Run ``cmd(*args, **kwargs)`` on a worker and return its result.
+
+        ``cmd`` is a command name or an importable module-level function. ``timeout`` (default:
+        the pool's ``call_timeout``) bounds the run; past it the worker is killed and replaced
+        and :class:`CallTimeout` raised. ``timeout`` is reserved: a command taking a keyword
+        named ``timeout`` gets it through ``call_with(..., kwargs={"timeout": ...})``.
+        """
+        return await self.call_with(cmd, args, kwargs, timeout=timeout)
+
+    async def call_with(
+        self,
+        cmd: Command,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = _UNSET,
+        batch: bool = False,
+    ) -> Any:
+        core = self._running()
+        cfg = self.config
+        name, flags, body = encode_call(
+            cmd,
+            args,
+            kwargs or {},
+            pickle=core.pickle,
+            max_frame_size=cfg.max_frame_size,
+            batch=batch,
+        )
+        if timeout is _UNSET:
+            timeout = cfg.call_timeout
+        w, waited = await core.checkout_async(cfg.queue_timeout)
+        t1 = time.perf_counter()
+        channel = w.channel
+        assert channel is not None
+        ident = channel.next_id()
+        fut = channel.expect(ident)
+        channel.send(encode_header(Kind.CALL, ident, len(body), flags) + body)
+        timer = None
+        if timeout is not None:
+            timer = core.loop.call_later(timeout, _expire, fut)
+        try:
+            frame = await fut
+        except asyncio.CancelledError:
+            if timer is not None:
+                timer.cancel()
+            self._abandon(w, ident)
+            raise
+        except _Expired:
+            channel.forget(ident)
+            core.worker_failed(w, "timeout")
+            core.release(w, "timeout", waited, time.perf_counter() - t1)
+            raise CallTimeout(
+                f"{name!r} did not finish within {timeout}s; worker {w.id} (pid {w.pid}) was "
+                f"killed and is being replaced"
+            ) from None
+        except ChannelLost as lost:
+            if timer is not None:
+                timer.cancel()
+            core.worker_failed(w, "crash")
+            await core.wait_gone(w)
+            core.release(w, "crashed", waited, time.perf_counter() - t1)
+            raise core.crash_error(w, lost, name) from None
+        if timer is not None:
+            timer.cancel()
+        try:
+            result = decode_reply(frame, name)
+            if batch:
+                result = unpack_batch(result, name)
+        except ProtocolError:
+            core.worker_failed(w, "protocol error")
+            core.release(w, "crashed", waited, time.perf_counter() - t1)
+            raise
+        except BaseException:
+            core.release(w, "failed", waited, time.perf_counter() - t1)
+            raise
+        core.release(w, "ok", waited, time.perf_counter() - t1)
+        return result
+
+    def _abandon(self, w: WorkerHandle, ident: int) -> None:
+        """The caller was cancelled mid-call: tell the worker, reclaim it when it answers."""
+        core = self._running()
+        channel = w.channel
+        assert channel is not None
+        if channel.lost is not None:
+            core.release(w, None, 0.0, 0.0)
+            return
+        drain = channel.expect(ident)
+        channel.send(encode_frame(Kind.CANCEL, ident))
+        kill = core.loop.call_later(
+            self.config.cancel_grace, core.worker_failed, w, "cancelled, did not stop"
+        )
+
+        def done(f: asyncio.Future[Any]) -> None:
+            kill.cancel()
+            if not f.cancelled() and f.exception() is not None:
+                core.worker_failed(w, "crash")
+            core.release(w, None, 0.0, 0.0)
+
+        drain.add_done_callback(done)
+
+    async def map(
+        self,
+        cmd: Command,
+        iterable: Iterable[Any],
+        *,
+        chunksize: int = 1,
+        timeout: float | None = _UNSET,
+        star: bool = False,
+    ) -> list[Any]:
+        """``[cmd(x) for x in iterable]`` across the pool, results in input order.
+
+        ``chunksize > 1`` sends items in batches (one frame per chunk), which pays off for small,
+        fast items. ``star=True`` unpacks each item as the argument tuple. The first failure
+        raises; the other calls still run to completion.
+        """
+        items = [tuple(x) if star else (x,) for x in iterable]
+        if chunksize <= 1:
+            coros = [self.call_with(cmd, a, None, timeout=timeout) for a in items]
+            return list(await asyncio.gather(*coros))
+        chunks = [items[i : i + chunksize] for i in range(0, len(items), chunksize)]
+        parts = await asyncio.gather(
+            *(self.call_with(cmd, c, None, timeout=timeout, batch=True) for c in chunks)
+        )
+        return [r for part in parts for r in part]
+
+    # --- introspection ------------------------------------------------------------------------
+
+    def stats(self) -> PoolStats:
+        """An immutable snapshot of workers, queue, counters and latency percentiles."""
+        return self._running().stats()
+
+    def worker_pids(self) -> list[int]:
+        """Pids of the live worker processes."""
+        return self._core.pids() if self._core is not None else []
+
+    @property
+    def run_tag(self) -> str:
+        return self._running().run_tag
+
+    def __repr__(self) -> str:
+        return describe(self, self._core)
+
+
+def describe(front: object, core: PoolCore | None) -> str:
+    name = type(front).__name__
+    if core is None:
+        return f"<{name} not started>"
+    s = core.stats()
+    return (
+        f"<{name} {core.config.target or '(by reference)'} {s.state} workers={s.workers} "
+        f"ready={s.ready} busy={s.busy} starting={s.starting} queued={s.queued} "
+        f"ok={s.calls_ok} failed={s.calls_failed} timed_out={s.calls_timed_out} "
+        f"crashed={s.calls_crashed} restarts={s.restarts} launcher={core.launcher.name}>"
+    )
+
+
+class _Expired(Exception):
+    pass
+
+
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(_Expired())
+
+
+__all__ = ["DEFAULT_MAX_FRAME_SIZE", "Pool", "WorkerCrashed", "WorkerEvent", "describe"]
+_ = Callable

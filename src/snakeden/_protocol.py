@@ -1,0 +1,247 @@
+"""The snakeden wire protocol, sans-IO: bytes in, frames out; frames in, bytes out.
+
+This module does no I/O and imports no event loop. The host (``_channel``) and the Python worker
+runtime (``worker``) both drive it, and ``docs/protocol.md`` is its specification for workers in
+other languages.
+
+A frame on the wire::
+
+    +----------------+--------+--------+----------------+----------------------+
+    | length: u32 BE | kind:u8| flags:u8| id: u32 BE    | body: length-6 bytes |
+    +----------------+--------+--------+----------------+----------------------+
+
+``length`` counts everything after itself (the 6 header bytes and the body), like Erlang's
+``{packet, 4}`` plus a fixed header. It is checked against the maximum frame size *before* any of
+the body is buffered, so a hostile or broken peer cannot make us allocate a huge buffer.
+"""
+
+from __future__ import annotations
+
+import enum
+import pickle
+import struct
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+
+PROTOCOL_VERSION: Final = 1
+
+_PREFIX = struct.Struct(">I")
+_HEADER = struct.Struct(">IBBI")  # length, kind, flags, id
+HEADER_SIZE: Final = _HEADER.size  # 10 bytes: prefix + kind + flags + id
+_INNER_HEADER: Final = HEADER_SIZE - _PREFIX.size  # 6 bytes counted by ``length``
+
+#: Default largest frame (header + body) either side accepts: 256 MiB.
+DEFAULT_MAX_FRAME_SIZE: Final = 256 * 1024 * 1024
+MAX_REQUEST_ID: Final = 0xFFFF_FFFF
+
+
+class Kind(enum.IntEnum):
+    """What a frame is. Values are part of the wire format; never renumber."""
+
+    HELLO = 1  # worker -> host, once: the worker is ready (body: a map, see docs/protocol.md)
+    CALL = 2  # host -> worker: run a command (body: [command, args, kwargs])
+    RESULT = 3  # worker -> host: the command returned (body: the value)
+    ERROR = 4  # worker -> host: the command (or start-up, id 0) failed (body: error map)
+    PING = 5  # host -> worker: are you alive? (body: empty)
+    PONG = 6  # worker -> host: reply to PING, same id (body: map of worker facts)
+    CANCEL = 7  # host -> worker: the caller of request ``id`` gave up (body: empty)
+    SHUTDOWN = 8  # host -> worker: finish and exit 0 (body: empty)
+
+
+class Flag(enum.IntFlag):
+    """Bits of the flags byte."""
+
+    NONE = 0
+    PICKLE = 0x01  # the body is a pickle (protocol 5), not MessagePack; Python peers only
+    BY_REFERENCE = 0x02  # CALL only: the command is "module:qualname", imported by the worker
+    BATCH = 0x04  # CALL: body is [command, [args...], kwargs]; RESULT: [[ok, value], ...]
+
+
+class ProtocolViolation(Exception):
+    """The peer sent bytes that are not a valid frame (internal; wrapped by the host)."""
+
+
+class FrameTooLarge(ProtocolViolation):
+    """A frame's announced length exceeds the agreed maximum."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"frame of {size} bytes exceeds the maximum frame size of {limit} bytes; "
+            f"raise max_frame_size on both sides or send less data per call"
+        )
+        self.size = size
+        self.limit = limit
+
+    def __reduce__(self) -> tuple[type[FrameTooLarge], tuple[int, int]]:
+        # args holds the message, not (size, limit); without this, unpickling raises TypeError.
+        return (type(self), (self.size, self.limit))
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One decoded frame. ``body`` is still encoded; see :func:`decode_body`."""
+
+    kind: int
+    flags: int
+    id: int
+    body: bytes
+
+
+class FrameDecoder:
+    """Incremental frame parser: feed it bytes in any chunking, take complete frames out.
+
+    Like h11's ``receive_data``/``next_event``: no I/O, no callbacks, so it can be driven by a
+    blocking reader, an event loop, or a test feeding one byte at a time.
+    """
+
+    __slots__ = ("_buf", "_closed", "max_frame_size")
+
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        self.max_frame_size = max_frame_size
+        self._buf = bytearray()
+        self._closed = False
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """Add ``data`` and return every frame it completed, in order.
+
+        Raises :class:`FrameTooLarge` as soon as a length prefix over the limit is seen, and
+        :class:`ProtocolViolation` for a frame too short to hold its header. After an error the
+        decoder is unusable: the stream has lost framing and the connection must be dropped.
+        """
+        if self._closed:
+            raise ProtocolViolation("decoder is unusable after an earlier protocol violation")
+        buf = self._buf
+        buf += data
+        frames: list[Frame] = []
+        pos = 0
+        end = len(buf)
+        try:
+            while end - pos >= _PREFIX.size:
+                (length,) = _PREFIX.unpack_from(buf, pos)
+                if length + _PREFIX.size > self.max_frame_size:
+                    raise FrameTooLarge(length + _PREFIX.size, self.max_frame_size)
+                if length < _INNER_HEADER:
+                    raise ProtocolViolation(
+                        f"frame length {length} is shorter than the {_INNER_HEADER}-byte header; "
+                        f"the peer is not speaking the snakeden protocol"
+                    )
+                stop = pos + _PREFIX.size + length
+                if stop > end:
+                    break
+                _, kind, flags, ident = _HEADER.unpack_from(buf, pos)
+                frames.append(Frame(kind, flags, ident, bytes(buf[pos + HEADER_SIZE : stop])))
+                pos = stop
+        except ProtocolViolation:
+            self._closed = True
+            raise
+        if pos:
+            del buf[:pos]
+        return frames
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held that do not yet form a complete frame."""
+        return len(self._buf)
+
+    def pending_frame_size(self) -> int | None:
+        """Total size of the partly received frame, if its prefix has arrived."""
+        if len(self._buf) < _PREFIX.size:
+            return None
+        return int(_PREFIX.unpack_from(self._buf, 0)[0]) + _PREFIX.size
+
+
+def encode_header(kind: int, ident: int, body_len: int, flags: int = 0) -> bytes:
+    """The 10 header bytes for a frame whose body is ``body_len`` bytes long."""
+    return _HEADER.pack(body_len + _INNER_HEADER, kind, flags, ident)
+
+
+def encode_frame(
+    kind: int,
+    ident: int = 0,
+    body: bytes = b"",
+    flags: int = 0,
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+) -> bytes:
+    """A whole frame as one ``bytes`` (one copy of ``body``; fine below a few MiB)."""
+    check_frame_size(len(body), max_frame_size)
+    return encode_header(kind, ident, len(body), flags) + body
+
+
+def check_frame_size(body_len: int, max_frame_size: int) -> None:
+    """Raise :class:`FrameTooLarge` if a body of ``body_len`` bytes would not fit in a frame."""
+    total = body_len + HEADER_SIZE
+    if total > max_frame_size:
+        raise FrameTooLarge(total, max_frame_size)
+
+
+# --- payload codecs -----------------------------------------------------------------------------
+# MessagePack is the default because every language has it. Pickle is an explicit opt-in for
+# Python-only objects; it executes code on load, so only ever load pickles from our own workers.
+
+
+def _pack(obj: Any) -> bytes:
+    # msgpack.packb builds its own Packer, so this is safe from many threads at once.
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def _unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
+
+
+def encode_body(obj: Any, flags: int = 0) -> bytes:
+    """Serialise ``obj`` for a frame with ``flags`` (PICKLE selects pickle, else MessagePack)."""
+    if flags & Flag.PICKLE:
+        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return _pack(obj)
+
+
+def decode_body(frame: Frame) -> Any:
+    """Deserialise a frame's body according to its flags. Empty bodies decode to ``None``."""
+    if not frame.body:
+        return None
+    if frame.flags & Flag.PICKLE:
+        return pickle.loads(frame.body)
+    return _unpack(frame.body)
+
+
+# --- message helpers shared by host and worker ----------------------------------------------------
+
+
+def hello_body(
+    *, pid: int, runtime: str, commands: list[str], worker_id: str, codecs: list[str]
+) -> dict[str, Any]:
+    return {
+        "protocol": PROTOCOL_VERSION,
+        "runtime": runtime,
+        "pid": pid,
+        "commands": commands,
+        "worker_id": worker_id,
+        "codecs": codecs,
+    }
+
+
+#: Error ``kind`` values in an ERROR body (see docs/protocol.md).
+ERROR_KINDS: Final = frozenset(
+    {"user", "unknown_command", "bad_call", "decode", "encode", "startup", "cancelled"}
+)
+
+
+def error_body(
+    *,
+    kind: str,
+    type_name: str,
+    message: str,
+    traceback: str = "",
+    commands: list[str] | None = None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "kind": kind,
+        "type": type_name,
+        "message": message,
+        "traceback": traceback,
+    }
+    if commands is not None:
+        body["commands"] = commands
+    return body

@@ -1,0 +1,86 @@
+"""Counters and latency reservoirs behind ``pool.stats()``."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Percentiles:
+    """Latency percentiles in seconds over the most recent samples (``count`` of them)."""
+
+    count: int
+    p50: float
+    p90: float
+    p99: float
+    max: float
+
+    @classmethod
+    def of(cls, samples: list[float]) -> Percentiles:
+        if not samples:
+            return cls(0, 0.0, 0.0, 0.0, 0.0)
+        s = sorted(samples)
+        n = len(s)
+
+        def pick(q: float) -> float:
+            return s[min(n - 1, int(q * n))]
+
+        return cls(n, pick(0.50), pick(0.90), pick(0.99), s[-1])
+
+    def __str__(self) -> str:
+        return (
+            f"p50={self.p50 * 1e3:.2f}ms p90={self.p90 * 1e3:.2f}ms "
+            f"p99={self.p99 * 1e3:.2f}ms max={self.max * 1e3:.2f}ms (n={self.count})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """An immutable snapshot of a pool. Counters are totals since the pool started."""
+
+    state: str  # "starting", "running", "closing", "closed", "broken"
+    workers: int  # live worker processes (starting + ready + busy)
+    starting: int
+    ready: int  # idle and ready for a call
+    busy: int
+    queued: int  # callers waiting for a worker
+    calls_ok: int
+    calls_failed: int  # the command raised, or a bad call
+    calls_timed_out: int
+    calls_crashed: int  # the worker died (or broke the protocol) during the call
+    calls_rejected: int  # saturated, queue timeout, closed, broken: never sent
+    restarts: int  # workers started to replace one that died, timed out or was recycled
+    recycled: int
+    start_failures: int
+    checkout_wait: Percentiles
+    call_latency: Percentiles
+
+
+class Counters:
+    """Mutable counters; mutated under the pool's lock, snapshotted by ``stats()``."""
+
+    __slots__ = (
+        "call_latency",
+        "calls_crashed",
+        "calls_failed",
+        "calls_ok",
+        "calls_rejected",
+        "calls_timed_out",
+        "checkout_wait",
+        "recycled",
+        "restarts",
+        "start_failures",
+    )
+
+    def __init__(self, keep: int = 2048) -> None:
+        self.calls_ok = 0
+        self.calls_failed = 0
+        self.calls_timed_out = 0
+        self.calls_crashed = 0
+        self.calls_rejected = 0
+        self.restarts = 0
+        self.recycled = 0
+        self.start_failures = 0
+        self.checkout_wait: deque[float] = deque(maxlen=keep)
+        self.call_latency: deque[float] = deque(maxlen=keep)

@@ -1,0 +1,282 @@
+"""``SyncPool``: the thread front, and a ``concurrent.futures.Executor``.
+
+``call()`` runs entirely on the calling thread: it leases a worker, writes the CALL frame and
+blocks on the reply with ``poll()`` for the deadline, so a synchronous call pays for no event-loop
+hop. Supervision (start, handshake, exit watching, replacement, health, output capture) runs on a
+private event-loop thread, never on the call path. ``submit()`` hands calls to a small set of
+dispatcher threads (one per possible worker, since each blocks on one worker at a time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from snakeden._calls import Command, decode_reply, encode_call, unpack_batch
+from snakeden._channel import ChannelLost
+from snakeden._core import PoolCore
+from snakeden._errors import CallTimeout, PoolClosed, PoolSaturated, ProtocolError
+from snakeden._launchers import make_launcher
+from snakeden._pool import _UNSET, describe, make_config
+from snakeden._protocol import Kind, encode_header
+from snakeden._stats import PoolStats
+
+_Item = tuple[cf.Future[Any], Command, tuple[Any, ...], dict[str, Any], bool, float]
+
+
+class SyncPool(cf.Executor):
+    """A pool of warm worker processes for threaded code; safe from many threads at once.
+
+    Takes the same arguments as :class:`snakeden.Pool`. The pool is started (all workers
+    ready, or ``min_ready`` of them) when the constructor returns; a worker that cannot start
+    raises :class:`WorkerStartError` here.
+    """
+
+    def __init__(self, target: str | None = None, **options: Any) -> None:
+        self.config = make_config(target, options)
+        self.config.validate()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="snakeden-supervisor", daemon=True
+        )
+        self._thread.start()
+        self._core = PoolCore(self.config, make_launcher(self.config), self._loop, blocking=True)
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._dispatchers: list[threading.Thread] = []
+        self._submitted = 0  # submitted and not yet picked up by a dispatcher
+        self._lock = threading.Lock()
+        self._shutdown = False
+        try:
+            self._run(self._core.start())
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def _run(self, coro: Any, timeout: float | None = None) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    # --- calls --------------------------------------------------------------------------------
+
+    def call(self, cmd: Command, /, *args: Any, timeout: float | None = _UNSET, **kwargs: Any) -> Any:
+        """Run ``cmd(*args, **kwargs)`` on a worker from this thread and return the result.
+
+        Same semantics as :meth:`snakeden.Pool.call`, including the reserved ``timeout``.
+        """
+        return self.call_with(cmd, args, kwargs, timeout=timeout)
+
+    def call_with(
+        self,
+        cmd: Command,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = _UNSET,
+        batch: bool = False,
+        queue_timeout: float | None = _UNSET,
+    ) -> Any:
+        core = self._core
+        cfg = self.config
+        name, flags, body = encode_call(
+            cmd,
+            args,
+            kwargs or {},
+            pickle=core.pickle,
+            max_frame_size=cfg.max_frame_size,
+            batch=batch,
+        )
+        if timeout is _UNSET:
+            timeout = cfg.call_timeout
+        w, waited = core.checkout_blocking(
+            cfg.queue_timeout if queue_timeout is _UNSET else queue_timeout
+        )
+        t1 = time.perf_counter()
+        channel = w.channel
+        assert channel is not None
+        ident = channel.next_id()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            frame = channel.request_blocking(
+                ident, encode_header(Kind.CALL, ident, len(body), flags) + body, deadline
+            )
+        except TimeoutError:
+            core.worker_failed(w, "timeout")
+            core.release(w, "timeout", waited, time.perf_counter() - t1)
+            raise CallTimeout(
+                f"{name!r} did not finish within {timeout}s; worker {w.id} (pid {w.pid}) was "
+                f"killed and is being replaced"
+            ) from None
+        except ChannelLost as lost:
+            core.worker_failed(w, "crash")
+            w.gone.wait(5.0)
+            core.release(w, "crashed", waited, time.perf_counter() - t1)
+            raise core.crash_error(w, lost, name) from None
+        except BaseException:
+            # Interrupted mid-call (e.g. KeyboardInterrupt): the worker's state is unknown.
+            core.worker_failed(w, "interrupted")
+            core.release(w, None, waited, time.perf_counter() - t1)
+            raise
+        try:
+            result = decode_reply(frame, name)
+            if batch:
+                result = unpack_batch(result, name)
+        except ProtocolError:
+            core.worker_failed(w, "protocol error")
+            core.release(w, "crashed", waited, time.perf_counter() - t1)
+            raise
+        except BaseException:
+            core.release(w, "failed", waited, time.perf_counter() - t1)
+            raise
+        core.release(w, "ok", waited, time.perf_counter() - t1)
+        return result
+
+    # --- Executor -----------------------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
+        """Schedule ``fn(*args, **kwargs)``; returns a ``concurrent.futures.Future``.
+
+        All keyword arguments go to ``fn``. A future cancelled while queued is never sent.
+        """
+        return self._submit(fn, args, kwargs, batch=False)
+
+    def _submit(
+        self, cmd: Command, args: tuple[Any, ...], kwargs: dict[str, Any], *, batch: bool
+    ) -> cf.Future[Any]:
+        fut: cf.Future[Any] = cf.Future()
+        with self._lock:
+            if self._shutdown:
+                raise PoolClosed("cannot schedule new calls after shutdown")
+            if self._submitted >= self.config.max_queue:
+                raise PoolSaturated(
+                    f"{self._submitted} submitted calls are already queued (max_queue="
+                    f"{self.config.max_queue})"
+                )
+            self._submitted += 1
+            if len(self._dispatchers) < min(self._submitted, self.config.upper_size):
+                t = threading.Thread(
+                    target=self._dispatch, name=f"snakeden-dispatch-{len(self._dispatchers)}",
+                    daemon=True,
+                )
+                self._dispatchers.append(t)
+                t.start()
+        self._queue.put((fut, cmd, args, kwargs, batch, time.monotonic()))
+        return fut
+
+    def _dispatch(self) -> None:
+        qt = self.config.queue_timeout
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            fut, cmd, args, kwargs, batch, queued_at = item
+            with self._lock:
+                self._submitted -= 1
+            if not fut.set_running_or_notify_cancel():
+                continue
+            remaining = None if qt is None else max(0.0, qt - (time.monotonic() - queued_at))
+            try:
+                result = self.call_with(cmd, args, kwargs, batch=batch, queue_timeout=remaining)
+            except BaseException as exc:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result)
+
+    def map(
+        self,
+        fn: Callable[..., Any] | str,
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[Any]:
+        """Like ``Executor.map``; ``chunksize > 1`` sends batches (one frame per chunk)."""
+        if chunksize <= 1:
+            return super().map(fn, *iterables, timeout=timeout)  # type: ignore[arg-type]
+        items = list(zip(*iterables, strict=False))
+        futs = [
+            self._submit(fn, tuple(items[i : i + chunksize]), {}, batch=True)
+            for i in range(0, len(items), chunksize)
+        ]
+        end = None if timeout is None else time.monotonic() + timeout
+
+        def results() -> Iterator[Any]:
+            try:
+                for f in futs:
+                    left = None if end is None else end - time.monotonic()
+                    yield from f.result(left)
+            finally:
+                for f in futs:
+                    f.cancel()
+
+        return results()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting calls, finish (or cancel) queued ones, stop every worker."""
+        with self._lock:
+            if self._shutdown:
+                already = True
+            else:
+                already = False
+                self._shutdown = True
+        if already:
+            if wait:
+                self._thread.join()
+            return
+        if cancel_futures:
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    item[0].cancel()
+                    with self._lock:
+                        self._submitted -= 1
+
+        def finish() -> None:
+            for _ in self._dispatchers:
+                self._queue.put(None)
+            for t in self._dispatchers:
+                t.join()
+            with contextlib.suppress(RuntimeError):
+                self._run(self._core.aclose(cancel_pending=cancel_futures))
+            self._stop_loop()
+
+        if wait:
+            finish()
+        else:
+            threading.Thread(target=finish, name="snakeden-shutdown", daemon=True).start()
+
+    def close(self, *, cancel_pending: bool = False) -> None:
+        """Same as ``shutdown(wait=True, cancel_futures=cancel_pending)``."""
+        self.shutdown(wait=True, cancel_futures=cancel_pending)
+
+    def _stop_loop(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    # --- introspection ------------------------------------------------------------------------
+
+    def wait_ready(self, n: int | None = None, timeout: float | None = None) -> None:
+        """Block until ``n`` workers (default: ``size``) are ready."""
+        self._run(self._core.wait_ready(n, timeout))
+
+    def stats(self) -> PoolStats:
+        return self._core.stats()
+
+    def worker_pids(self) -> list[int]:
+        return self._core.pids()
+
+    @property
+    def run_tag(self) -> str:
+        return self._core.run_tag
+
+    def __repr__(self) -> str:
+        return describe(self, self._core)

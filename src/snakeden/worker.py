@@ -1,0 +1,338 @@
+"""The Python worker runtime: ``python -m snakeden.worker my.module[:Object]``.
+
+The worker reads frames from the fd pair named in ``SNAKEDEN_FDS`` (never stdin/stdout, so a
+``print()`` or a C library writing to fd 1 cannot corrupt the channel), runs each CALL, and answers
+with RESULT or ERROR. See ``docs/protocol.md``. The runtime is single-threaded on purpose: it is
+what a fork template forks, and fork is only safe from a single-threaded process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import faulthandler
+import inspect
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from snakeden import _commands
+from snakeden._protocol import (
+    DEFAULT_MAX_FRAME_SIZE,
+    Flag,
+    Frame,
+    FrameDecoder,
+    Kind,
+    ProtocolViolation,
+    check_frame_size,
+    decode_body,
+    encode_body,
+    encode_header,
+    error_body,
+    hello_body,
+)
+
+__all__ = ["main", "serve"]
+
+_PR_SET_PDEATHSIG = 1
+_READ_SIZE = 1 << 20
+EXIT_STARTUP_FAILED = 3
+EXIT_PROTOCOL_ERROR = 4
+
+
+def write_all(fd: int, header: bytes, body: bytes | memoryview = b"") -> None:
+    """Write header and body with as few syscalls (and copies) as the kernel allows."""
+    if len(body) < 65536:
+        data = memoryview(header + bytes(body))
+        while data:
+            data = data[os.write(fd, data) :]
+        return
+    views = [memoryview(header), memoryview(body)]
+    while views:
+        n = os.writev(fd, views)
+        while views and n >= len(views[0]):
+            n -= len(views[0])
+            views.pop(0)
+        if views and n:
+            views[0] = views[0][n:]
+
+
+def die_with_parent(expected_parent: int | None) -> None:
+    """Ask Linux to SIGKILL us when our parent dies, then close the race where it already has."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if expected_parent is not None and os.getppid() != expected_parent:
+        os._exit(EXIT_STARTUP_FAILED)
+
+
+def enlarge_pipe(fd: int, size: int = 1 << 20) -> None:
+    """Grow a pipe's buffer (Linux F_SETPIPE_SZ); large frames then need fewer wake-ups."""
+    if sys.platform.startswith("linux"):
+        import fcntl
+
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, 1031, size)
+
+
+class _Server:
+    def __init__(
+        self,
+        rfd: int,
+        wfd: int,
+        commands: dict[str, Callable[..., Any]],
+        max_frame_size: int,
+    ) -> None:
+        self.rfd = rfd
+        self.wfd = wfd
+        self.commands = commands
+        self.max_frame_size = max_frame_size
+        self.calls = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def send(self, kind: int, ident: int, body: bytes, flags: int = 0) -> None:
+        write_all(self.wfd, encode_header(kind, ident, len(body), flags), body)
+
+    def send_error(self, ident: int, flags: int, **fields: Any) -> None:
+        body = error_body(**fields)
+        try:
+            data = encode_body(body, flags & Flag.PICKLE)
+        except Exception:  # pragma: no cover - error bodies are plain strings
+            data = encode_body({k: str(v) for k, v in body.items()}, 0)
+            flags = 0
+        self.send(Kind.ERROR, ident, data, flags & Flag.PICKLE)
+
+    def run(self) -> int:
+        decoder = FrameDecoder(self.max_frame_size)
+        buf = bytearray(_READ_SIZE)
+        view = memoryview(buf)
+        while True:
+            n = os.readv(self.rfd, [buf])
+            if n == 0:
+                return 0  # the host closed the channel: it is gone or wants us gone
+            try:
+                frames = decoder.feed(view[:n])
+            except ProtocolViolation as exc:
+                print(f"snakeden worker: bad frame from host: {exc}", file=sys.stderr)
+                return EXIT_PROTOCOL_ERROR
+            for frame in frames:
+                if frame.kind == Kind.CALL:
+                    self.handle_call(frame)
+                elif frame.kind == Kind.PING:
+                    pong = {"pid": os.getpid(), "calls": self.calls}
+                    self.send(Kind.PONG, frame.id, encode_body(pong))
+                elif frame.kind == Kind.SHUTDOWN:
+                    return 0
+                elif frame.kind == Kind.CANCEL:
+                    # Calls run one at a time, so by the time we read a CANCEL its call has
+                    # finished and been answered; the host discards that answer.
+                    continue
+                else:
+                    print(f"snakeden worker: unknown frame kind {frame.kind}", file=sys.stderr)
+                    return EXIT_PROTOCOL_ERROR
+
+    def handle_call(self, frame: Frame) -> None:
+        flags = frame.flags & Flag.PICKLE
+        try:
+            name, args, kwargs = decode_body(frame)
+        except Exception as exc:
+            self.send_error(
+                frame.id,
+                flags,
+                kind="decode",
+                type_name=type(exc).__name__,
+                message=f"the worker could not decode the call: {exc}",
+            )
+            return
+        if frame.flags & Flag.BY_REFERENCE:
+            try:
+                fn = _commands.resolve_reference(name)
+            except LookupError as exc:
+                self.send_error(
+                    frame.id,
+                    flags,
+                    kind="unknown_command",
+                    type_name="LookupError",
+                    message=str(exc),
+                    commands=sorted(self.commands),
+                )
+                return
+        else:
+            found = self.commands.get(name)
+            if found is None:
+                self.send_error(
+                    frame.id,
+                    flags,
+                    kind="unknown_command",
+                    type_name="LookupError",
+                    message=f"unknown command {name!r}",
+                    commands=sorted(self.commands),
+                )
+                return
+            fn = found
+        self.calls += 1
+        if frame.flags & Flag.BATCH:
+            results = [self._run_one(fn, a, kwargs) for a in args]
+            self._reply(frame.id, flags, results, name)
+            return
+        try:
+            result = self._invoke(fn, args, kwargs)
+        except Exception as exc:
+            self._send_exception(frame.id, flags, exc, name)
+            return
+        self._reply(frame.id, flags, result, name)
+
+    def _run_one(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> list[Any]:
+        try:
+            return [True, self._invoke(fn, args, kwargs)]
+        except Exception as exc:
+            return [False, self._exception_body(exc, fn.__name__)]
+
+    def _invoke(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        try:
+            bound = fn(*args, **kwargs)
+        except TypeError as exc:
+            # A TypeError raised while binding (not inside the command) is the caller's mistake.
+            if exc.__traceback__ is not None and exc.__traceback__.tb_next is None:
+                raise _BadCall(str(exc)) from None
+            raise
+        if inspect.isawaitable(bound):
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+            return self._loop.run_until_complete(bound)
+        return bound
+
+    def _exception_body(self, exc: Exception, name: str) -> dict[str, Any]:
+        if isinstance(exc, _BadCall):
+            return error_body(kind="bad_call", type_name="TypeError", message=str(exc))
+        return error_body(
+            kind="user",
+            type_name=type(exc).__qualname__,
+            message=str(exc),
+            traceback="".join(traceback.format_exception(exc)),
+        )
+
+    def _send_exception(self, ident: int, flags: int, exc: Exception, name: str) -> None:
+        body = self._exception_body(exc, name)
+        self.send(Kind.ERROR, ident, encode_body(body, flags), flags)
+
+    def _reply(self, ident: int, flags: int, result: Any, name: str) -> None:
+        try:
+            data = encode_body(result, flags)
+            check_frame_size(len(data), self.max_frame_size)
+        except Exception as exc:
+            codec = "pickle" if flags else "MessagePack"
+            self.send_error(
+                ident,
+                flags,
+                kind="encode",
+                type_name=type(exc).__name__,
+                message=(
+                    f"the result of {name!r} (a {type(result).__name__}) could not be sent "
+                    f"with {codec}: {exc}. Return plain data (None, bool, int, float, str, "
+                    f"bytes, list, dict), use serializer='pickle', or return less"
+                ),
+            )
+            return
+        self.send(Kind.RESULT, ident, data, flags)
+
+
+class _BadCall(Exception):
+    pass
+
+
+def serve(
+    target: str | None,
+    *,
+    rfd: int,
+    wfd: int,
+    worker_id: str,
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+    preloaded: tuple[Any, Any] | None = None,
+) -> int:
+    """Set the worker up, say HELLO, and serve calls until told to stop. Returns an exit code.
+
+    ``preloaded`` is ``(module, object)`` already imported by a fork template; only the
+    per-worker set-up runs here then.
+    """
+    for fd in (rfd, wfd):
+        os.set_inheritable(fd, False)  # processes the user's code starts must not hold the channel
+        os.set_blocking(fd, True)
+    enlarge_pipe(wfd)
+    try:
+        if target is None:
+            commands: dict[str, Callable[..., Any]] = {}
+        else:
+            module, obj = preloaded if preloaded is not None else _commands.import_target(target)
+            commands = _commands.instantiate(module, obj)
+    except BaseException as exc:
+        tb = "".join(traceback.format_exception(exc))
+        print(f"snakeden worker {worker_id}: start-up failed\n{tb}", file=sys.stderr, flush=True)
+        body = error_body(
+            kind="startup",
+            type_name=type(exc).__qualname__,
+            message=str(exc),
+            traceback=tb,
+        )
+        with contextlib.suppress(OSError):
+            data = encode_body(body)
+            write_all(wfd, encode_header(Kind.ERROR, 0, len(data)), data)
+        return EXIT_STARTUP_FAILED
+    server = _Server(rfd, wfd, commands, max_frame_size)
+    hello = hello_body(
+        pid=os.getpid(),
+        runtime=f"python {sys.version.split()[0]}",
+        commands=sorted(commands),
+        worker_id=worker_id,
+        codecs=["msgpack", "pickle"],
+    )
+    server.send(Kind.HELLO, 0, encode_body(hello))
+    return server.run()
+
+
+def prepare_process() -> None:
+    """Process-wide settings every worker wants, spawned or forked."""
+    faulthandler.enable()  # a segfault leaves a Python traceback in the last stderr lines
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    # The host owns interruption: it stops us with SHUTDOWN, SIGTERM or SIGKILL.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def env_settings() -> tuple[int, int, str, int, int | None]:
+    try:
+        rfd_s, wfd_s = os.environ["SNAKEDEN_FDS"].split(",")
+    except (KeyError, ValueError):
+        print(
+            "snakeden.worker is started by a snakeden pool, which passes the channel in "
+            "SNAKEDEN_FDS='<read_fd>,<write_fd>'; it is not meant to be run by hand",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
+    host = os.environ.get("SNAKEDEN_HOST_PID")
+    return (
+        int(rfd_s),
+        int(wfd_s),
+        os.environ.get("SNAKEDEN_WORKER_ID", "?"),
+        int(os.environ.get("SNAKEDEN_MAX_FRAME", DEFAULT_MAX_FRAME_SIZE)),
+        int(host) if host else None,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    rfd, wfd, worker_id, max_frame, host_pid = env_settings()
+    die_with_parent(host_pid)
+    prepare_process()
+    target = next((a for a in args if not a.startswith("--")), None)
+    return serve(target, rfd=rfd, wfd=wfd, worker_id=worker_id, max_frame_size=max_frame)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
