@@ -301,6 +301,24 @@ def test_partial_prefix_and_header() -> None:
     assert dec.feed(frame[9:]) == [Frame(Kind.RESULT, 0, 42, b"hello")]
 
 
+def test_feed_copies_so_a_reused_read_buffer_is_safe() -> None:
+    # Both runtimes read into one reusable buffer and feed memoryview slices of it: the decoder
+    # must copy what it keeps, and frame bodies must not alias the caller's buffer.
+    frames = [Frame(Kind.RESULT, 0, i, bytes([i]) * (i * 7)) for i in range(1, 6)]
+    data = b"".join(enc(f) for f in frames)
+    readbuf = bytearray(13)
+    dec = FrameDecoder()
+    got: list[Frame] = []
+    for start in range(0, len(data), len(readbuf)):
+        chunk = data[start : start + len(readbuf)]
+        readbuf[: len(chunk)] = chunk
+        got += dec.feed(memoryview(readbuf)[: len(chunk)])
+        readbuf[:] = b"\xee" * len(readbuf)  # the next read overwrites the buffer
+    assert got == frames
+    assert all(type(f.body) is bytes for f in got)
+    assert FrameDecoder().feed(bytearray(data)) == frames
+
+
 def test_feeding_nothing_is_harmless() -> None:
     dec = FrameDecoder()
     assert dec.feed(b"") == []

@@ -124,7 +124,8 @@ class PoolConfig:
 class WState(enum.Enum):
     STARTING = "starting"
     IDLE = "idle"
-    BUSY = "busy"
+    BUSY = "busy"  # leased: to a caller, or to the supervisor for a health check
+    STOPPING = "stopping"  # out of service, not leased: retiring or failed, exit pending
     DEAD = "dead"
 
 
@@ -152,8 +153,18 @@ class WorkerHandle:
         self.next_memory_check = 0.0
         self.commands: tuple[str, ...] = ()
         self.death_cause: str | None = None
+        self.close_on_release = False  # exited while leased: the lease holder closes the fds
         self.gone = threading.Event()  # exit status known and output drained
         self.gone_waiters: list[asyncio.Future[None]] = []
+
+    @property
+    def in_service(self) -> bool:
+        """Ready or busy, and not failed, retiring or being stopped."""
+        return (
+            self.state in (WState.IDLE, WState.BUSY)
+            and self.death_cause is None
+            and not self.must_retire
+        )
 
     @property
     def pid(self) -> int | None:
@@ -317,11 +328,15 @@ class PoolCore:
                 c.call_latency.append(latency)
                 w.calls += 1
             self.leased -= 1
+            close_fds = w.close_on_release
+            w.close_on_release = False
             if w.state is WState.DEAD or w.death_cause is not None:
-                pass  # failed or being stopped: the exit handler replaces it
+                # Failed or being stopped: the exit handler replaces it.
+                if w.state is not WState.DEAD:
+                    w.state = WState.STOPPING
             elif self._wants_retirement(w):
                 retire = True
-                w.state = WState.STARTING  # neither idle nor leasable while it retires
+                w.state = WState.STOPPING
             else:
                 w.last_used = self.clock()
                 while self.waiters:
@@ -334,6 +349,8 @@ class PoolCore:
                     w.state = WState.IDLE
                     self.idle.append(w)
             drained = self.leased == 0 and not self.waiters and self._drained is not None
+        if close_fds and w.proc is not None:
+            w.proc.close_fds()
         if retire:
             self._call_soon(self._retire, w)
         elif (
@@ -470,8 +487,15 @@ class PoolCore:
     def _spawn_task(self, coro: Any) -> asyncio.Task[Any]:
         task = self.loop.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
         return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            if not isinstance(exc, WorkerStartError):  # reported where it matters
+                log.error("snakeden supervisor task failed", exc_info=exc)
 
     async def start(self) -> None:
         """Start the launcher and the workers concurrently; return once enough are ready."""
@@ -487,6 +511,7 @@ class PoolCore:
         need = self.config.min_ready or n
         tasks = [self._spawn_task(self._start_worker(initial=True)) for _ in range(n)]
         failures: dict[str, str] = {}
+        first: WorkerStartError | None = None
         ready = 0
         pending: set[asyncio.Task[Any]] = set(tasks)
         try:
@@ -498,14 +523,15 @@ class PoolCore:
                         ready += 1
                     elif isinstance(exc, WorkerStartError):
                         failures.update(exc.failures or {"?": str(exc)})
+                        first = first or exc
                     else:
                         raise exc
                 if len(failures) > n - need:
                     raise WorkerStartError(
-                        f"{len(failures)} of {n} workers failed to start (need {need}); first "
-                        f"cause:\n{next(iter(failures.values()))}",
+                        f"{len(failures)} of {n} workers failed to start (need {need}); "
+                        f"first cause: {first}",
                         failures,
-                    )
+                    ) from first
         except BaseException:
             for t in pending:
                 t.cancel()
@@ -527,9 +553,7 @@ class PoolCore:
                 if self.reject is not None:
                     raise self.reject
                 with self.lock:
-                    ready = sum(
-                        1 for w in self.workers.values() if w.state in (WState.IDLE, WState.BUSY)
-                    )
+                    ready = sum(1 for w in self.workers.values() if w.in_service)
                 if ready >= want:
                     return
                 self._ready_changed.clear()
@@ -718,6 +742,11 @@ class PoolCore:
                     self.idle.remove(w)
                 was_idle = True
             w.state = WState.DEAD
+            # A caller holding the lease may be blocked in read() on the channel right now:
+            # closing the fd under it would let the number be reused by the next worker's pipe.
+            # The lease holder's release() closes it instead.
+            close_now = prior is not WState.BUSY
+            w.close_on_release = not close_now
         if w.channel is not None:
             w.channel.close()
         w.gone.set()
@@ -725,7 +754,8 @@ class PoolCore:
             if not fut.done():
                 fut.set_result(None)
         w.gone_waiters.clear()
-        w.proc.close_fds()
+        if close_now:
+            w.proc.close_fds()
         cause = w.death_cause
         if prior is WState.STARTING and w.ready_at is None:
             return  # a start failure; _start_worker reports it
@@ -747,7 +777,10 @@ class PoolCore:
             active = [
                 w
                 for w in self.workers.values()
-                if w.state is not WState.DEAD and not w.retiring and not w.must_retire
+                if w.state not in (WState.DEAD, WState.STOPPING)
+                and w.death_cause is None
+                and not w.retiring
+                and not w.must_retire
             ]
             missing = self.config.min_size - len(active)
             retiring = [
@@ -791,14 +824,21 @@ class PoolCore:
         except WorkerStartError as exc:
             log.warning("growing the pool failed: %s", exc)
 
-    def _take_idle_and(self, w: WorkerHandle, fn: Callable[[WorkerHandle], Any]) -> bool:
-        """Take ``w`` out of the idle set (it is then ours alone) and hand it to ``fn``."""
+    def _take_idle_and(
+        self, w: WorkerHandle, fn: Callable[[WorkerHandle], Any], *, lease: bool = False
+    ) -> bool:
+        """Take ``w`` out of the idle set and hand it to ``fn``: leased (to talk to it, then
+        ``release``) or to stop it."""
         with self.lock:
             if w.state is not WState.IDLE:
                 return False
             with contextlib.suppress(ValueError):
                 self.idle.remove(w)
-            w.state = WState.STARTING
+            if lease:
+                w.state = WState.BUSY
+                self.leased += 1
+            else:
+                w.state = WState.STOPPING
         fn(w)
         return True
 
@@ -875,7 +915,7 @@ class PoolCore:
                     if self._take_idle_and(w, self._retire_shrink):
                         live -= 1
                 elif cfg.health_interval is not None and now - w.last_used > cfg.health_interval:
-                    self._take_idle_and(w, lambda w: self._spawn_task(self._ping(w)))
+                    self._take_idle_and(w, lambda w: self._spawn_task(self._ping(w)), lease=True)
 
     def _retire_shrink(self, w: WorkerHandle) -> None:
         with self.lock:
@@ -906,14 +946,11 @@ class PoolCore:
                 ok = True
             except (TimeoutError, ChannelLost):
                 w.channel.forget(ident)
-        if ok:
-            with self.lock:
-                self.leased += 1
-            self.release(w, None, 0.0, 0.0)
-            return
-        log.warning("worker %s (pid %s) %s; replacing it", w.id, w.pid, cause)
-        self.events.emit("unhealthy", w, None, detail=cause)
-        self.worker_failed(w, cause)
+        if not ok:
+            log.warning("worker %s (pid %s) %s; replacing it", w.id, w.pid, cause)
+            self.events.emit("unhealthy", w, None, detail=cause)
+            self.worker_failed(w, cause)
+        self.release(w, None, 0.0, 0.0)
 
     def _set_drained(self) -> None:
         if self._drained is not None:

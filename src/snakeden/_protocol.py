@@ -103,7 +103,7 @@ class FrameDecoder:
         self._buf = bytearray()
         self._closed = False
 
-    def feed(self, data: bytes) -> list[Frame]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """Add ``data`` and return every frame it completed, in order.
 
         Raises :class:`FrameTooLarge` as soon as a length prefix over the limit is seen, and

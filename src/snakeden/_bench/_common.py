@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -10,6 +11,8 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
+
+import psutil
 
 #: Every scenario, in the order they run and are reported.
 SCENARIOS: Final = ("latency", "throughput", "payload", "coldstart", "kill", "hang", "memory")
@@ -166,10 +169,37 @@ def wait_for_file(path: str, timeout: float) -> str:
             time.sleep(0.0005)
 
 
+def pin_caller_and_pool(outcome: Outcome) -> None:
+    """Pin every thread of this process to one CPU and every descendant process to another.
+
+    One-call-at-a-time round trips are otherwise at the mercy of where the scheduler places the
+    two ends: on the same CPU a pipe round trip costs a few microseconds, across CPUs (with a
+    cross-CPU wake-up) several times that, and which one a fresh process gets is a coin toss.
+    Pinned, every contender pays the same cross-CPU wake-up: the realistic case for a pool.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        outcome.note("not pinned: only one CPU is usable")
+        return
+    caller_cpu, pool_cpu = cpus[0], cpus[1]
+    _pin_threads(os.getpid(), caller_cpu)
+    for child in psutil.Process(os.getpid()).children(recursive=True):
+        _pin_threads(child.pid, pool_cpu)
+    outcome.note(f"caller pinned to CPU {caller_cpu}, pool processes to CPU {pool_cpu}")
+
+
+def _pin_threads(pid: int, cpu: int) -> None:
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return
+    for tid in tids:
+        with contextlib.suppress(OSError):  # a thread or process that just ended
+            os.sched_setaffinity(int(tid), {cpu})
+
+
 def memory_of(pids: Iterable[int]) -> tuple[list[float], list[float]]:
     """USS and PSS, in MiB, of each pid."""
-    import psutil
-
     uss: list[float] = []
     pss: list[float] = []
     for pid in pids:
@@ -181,8 +211,6 @@ def memory_of(pids: Iterable[int]) -> tuple[list[float], list[float]]:
 
 def support_processes(exclude: Iterable[int]) -> list[int]:
     """Live descendants of this process that are not in ``exclude`` (forkservers, trackers...)."""
-    import psutil
-
     skip = set(exclude)
     out: list[int] = []
     for child in psutil.Process(os.getpid()).children(recursive=True):
@@ -196,8 +224,6 @@ def support_processes(exclude: Iterable[int]) -> list[int]:
 
 def record_memory(outcome: Outcome, worker_pids: Iterable[int]) -> None:
     """Fill the memory scenario's series for a pool whose workers are ``worker_pids``."""
-    import psutil
-
     pids = sorted(set(worker_pids))
     uss, pss = memory_of(pids)
     for u, p in zip(uss, pss, strict=True):

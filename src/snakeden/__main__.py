@@ -1,0 +1,5 @@
+import sys
+
+from snakeden._cli import main
+
+sys.exit(main())

@@ -1,0 +1,238 @@
+"""snakeden's two fronts as contenders: ``snakeden.Pool`` (asyncio) and ``snakeden.SyncPool``.
+
+The asyncio front is measured from inside its own event loop (no thread hop), with the same
+scenario logic as :mod:`_sync`; the blocking front goes through the shared :class:`SyncHandle`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import os
+import signal
+import time
+from typing import Any
+
+import snakeden
+from snakeden._bench._common import (
+    COLDSTART_PRELOAD,
+    MEMORY_PRELOAD,
+    WORKER_MODULE,
+    Context,
+    NotApplicable,
+    Outcome,
+    Settings,
+    pin_caller_and_pool,
+    record_memory,
+)
+from snakeden._bench._sync import SyncHandle, run_scenario
+
+START_METHOD = "auto"
+
+
+def unavailable() -> str | None:
+    """Why snakeden's pools cannot be measured here, or None if they can."""
+    missing = [name for name in ("Pool", "SyncPool", "command") if not hasattr(snakeden, name)]
+    if missing:
+        return f"the snakeden core is not there yet (no snakeden.{', snakeden.'.join(missing)})"
+    return None
+
+
+# -- the blocking front --------------------------------------------------------------------------
+class SnakedenSyncHandle(SyncHandle):
+    api = {"call": "call()", "submit": "submit()", "map": "map()"}
+    supports_timeout = True
+
+    def open(self) -> None:
+        self._pool = snakeden.SyncPool(
+            WORKER_MODULE, size=self.size, start_method=START_METHOD, preload=list(self.preload)
+        )
+        self._pool.__enter__()
+        self._threads = cf.ThreadPoolExecutor(max_workers=1)
+
+    def close(self) -> None:
+        self._pool.__exit__(None, None, None)
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+    def call(self, command: str, *args: Any) -> Any:
+        return self._pool.call(command, *args)
+
+    def _submit(self, command: str, *args: Any) -> cf.Future[Any]:
+        return self._pool.submit(command, *args)
+
+    def map(self, command: str, items: list[Any], chunksize: int) -> list[Any]:
+        return list(self._pool.map(command, items, chunksize=chunksize))
+
+    def _submit_with_timeout(self, command: str, timeout: float, *args: Any) -> cf.Future[Any]:
+        # SyncPool.call() blocks; a helper thread turns it into a future (the hop costs
+        # microseconds against a one-second timeout).
+        return self._threads.submit(lambda: self._pool.call(command, *args, timeout=timeout))
+
+    def info(self) -> dict[str, str]:
+        return {"start_method": START_METHOD}
+
+
+def run_sync(
+    contender: str, scenario: str, variant: str | None, s: Settings, ctx: Context
+) -> Outcome:
+    return run_scenario(SnakedenSyncHandle, scenario, variant, s, ctx)
+
+
+# -- the asyncio front ---------------------------------------------------------------------------
+def run_async(
+    contender: str, scenario: str, variant: str | None, s: Settings, ctx: Context
+) -> Outcome:
+    return asyncio.run(_run_async(scenario, variant, s, ctx))
+
+
+def _pool(size: int, preload: tuple[str, ...] = ()) -> snakeden.Pool:
+    return snakeden.Pool(WORKER_MODULE, size=size, start_method=START_METHOD, preload=list(preload))
+
+
+async def _probe_all(pool: snakeden.Pool, count: int, hold: float) -> set[int]:
+    seen: set[int] = set()
+    while len(seen) < count:
+        pids = await asyncio.gather(*(pool.call("pid_hold", hold) for _ in range(count)))
+        seen.update(pids)
+    return seen
+
+
+async def _probe_capacity(
+    pool: snakeden.Pool, size: int, s: Settings, t0: float, exclude: int | None
+) -> float | None:
+    deadline = t0 + s.recovery_deadline_s
+    round_timeout = max(2.0, 50 * s.hold_s)
+    while time.perf_counter() < deadline:
+        calls = [asyncio.ensure_future(pool.call("pid_hold", s.hold_s)) for _ in range(size)]
+        done, pending = await asyncio.wait(calls, timeout=round_timeout)
+        for task in pending:
+            task.cancel()
+        pids = {t.result() for t in done if not t.cancelled() and t.exception() is None}
+        if not pending and len(pids) == size and exclude not in pids:
+            return time.perf_counter() - t0
+    return None
+
+
+def _describe(task: asyncio.Future[Any]) -> str:
+    if task.cancelled():
+        return "cancelled"
+    exc = task.exception()
+    if exc is None:
+        return f"returned {task.result()!r} (no error!)"
+    return f"{type(exc).__module__}.{type(exc).__qualname__}"
+
+
+async def _run_async(scenario: str, variant: str | None, s: Settings, ctx: Context) -> Outcome:
+    out = Outcome()
+    out.info["start_method"] = START_METHOD
+    if scenario == "latency":
+        async with _pool(s.size) as pool:
+            await _probe_all(pool, s.size, s.hold_s)  # every worker exists before pinning
+            pin_caller_and_pool(out)
+            for _ in range(s.warmup_calls):
+                await pool.call("echo", b"x")
+            for _ in range(s.latency_calls):
+                t0 = time.perf_counter()
+                await pool.call("echo", b"x")
+                out.add("call_s", time.perf_counter() - t0)
+            out.note("one call at a time: await call()")
+    elif scenario == "throughput":
+        async with _pool(s.size) as pool:
+            n = s.throughput_calls
+            await asyncio.gather(*(pool.call("echo", b"x") for _ in range(s.warmup_calls)))
+            t0 = time.perf_counter()
+            await asyncio.gather(*(pool.call("echo", b"x") for _ in range(n)))
+            out.add("submit_calls_per_s", n / (time.perf_counter() - t0))
+            out.note(f"{n} calls in flight: asyncio.gather() of {n} call() coroutines")
+            items = [b"x"] * n
+            await pool.map("echo", items[: s.warmup_calls], chunksize=s.chunksize)
+            t0 = time.perf_counter()
+            results = await pool.map("echo", items, chunksize=s.chunksize)
+            out.add("map_calls_per_s", n / (time.perf_counter() - t0))
+            if len(results) != n:
+                raise RuntimeError(f"map returned {len(results)} results for {n} items")
+            out.note(f"bulk: await map() with chunksize={s.chunksize}")
+    elif scenario == "payload":
+        async with _pool(s.size) as pool:
+            await _probe_all(pool, s.size, s.hold_s)
+            pin_caller_and_pool(out)
+            for size, calls in s.payload:
+                data = os.urandom(size)
+                if len(await pool.call("echo", data)) != size:
+                    raise RuntimeError("the echo came back with a different size")
+                for _ in range(calls):
+                    t0 = time.perf_counter()
+                    await pool.call("echo", data)
+                    out.add(f"rtt_s_{size}", time.perf_counter() - t0)
+    elif scenario == "coldstart":
+        assert variant is not None
+        count = int(variant)
+        t0 = time.perf_counter()
+        async with _pool(count, COLDSTART_PRELOAD) as pool:
+            await _probe_all(pool, count, s.hold_s)
+            out.add("ready_s", time.perf_counter() - t0)
+    elif scenario == "memory":
+        async with _pool(s.memory_size, MEMORY_PRELOAD) as pool:
+            pids = await _probe_all(pool, s.memory_size, s.hold_s)
+            record_memory(out, pids)
+    elif scenario == "kill":
+        async with _pool(s.size) as pool:
+            await _probe_all(pool, s.size, s.hold_s)
+            await _kill(pool, s, ctx, out)
+    elif scenario == "hang":
+        async with _pool(s.size) as pool:
+            await _probe_all(pool, s.size, s.hold_s)
+            await _hang(pool, s, out)
+    else:
+        raise NotApplicable(scenario)
+    return out
+
+
+def _read_pid(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read())
+    except FileNotFoundError:
+        return None
+
+
+async def _kill(pool: snakeden.Pool, s: Settings, ctx: Context, out: Outcome) -> None:
+    path = os.path.join(ctx.tmpdir, "victim.pid")
+    victim_call = asyncio.ensure_future(pool.call("announce_and_sleep", path, 3600.0))
+    deadline = time.perf_counter() + 30
+    while (victim := _read_pid(path)) is None:
+        if time.perf_counter() > deadline:
+            raise TimeoutError("the victim call never started")
+        await asyncio.sleep(0.0005)
+    stamps: dict[str, float] = {}
+    t0 = time.perf_counter()
+    os.kill(victim, signal.SIGKILL)
+    victim_call.add_done_callback(lambda _: stamps.setdefault("done", time.perf_counter()))
+    capacity = await _probe_capacity(pool, s.size, s, t0, victim)
+    await asyncio.wait(
+        [victim_call], timeout=max(0.0, t0 + s.kill_error_wait_s - time.perf_counter())
+    )
+    if victim_call.done():
+        out.add("error_s", stamps.get("done", time.perf_counter()) - t0)
+        out.note(f"the caller got {_describe(victim_call)}")
+    else:
+        victim_call.cancel()
+        out.note(f"the killed call never failed (waited {s.kill_error_wait_s:g} s): result lost")
+    if capacity is None:
+        out.note(f"capacity not back within {s.recovery_deadline_s:g} s")
+    else:
+        out.add("capacity_s", capacity)
+
+
+async def _hang(pool: snakeden.Pool, s: Settings, out: Outcome) -> None:
+    t0 = time.perf_counter()
+    hung = asyncio.ensure_future(pool.call("sleep_c", s.hang_sleep_s, timeout=s.hang_timeout_s))
+    await asyncio.wait([hung], timeout=s.hang_sleep_s + 30)
+    if hung.done():
+        out.add("error_s", time.perf_counter() - t0)
+        out.note(f"the caller got {_describe(hung)}")
+    capacity = await _probe_capacity(pool, s.size, s, t0, None)
+    if capacity is None:
+        out.note(f"capacity not back within {s.recovery_deadline_s:g} s")
+    else:
+        out.add("capacity_s", capacity)

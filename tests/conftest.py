@@ -1,0 +1,69 @@
+"""Shared fixtures: every test must leave no worker process behind (checked in the process
+table, not by asking the pool), and helpers to run asyncio tests without a plugin."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+from collections.abc import Coroutine, Iterator
+from typing import Any, TypeVar
+
+import psutil
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+# Spawned workers import tests.workers.*; make that independent of the cwd.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
+)
+
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run one asyncio test body with a generous overall bound (never a synchronisation)."""
+    return asyncio.run(asyncio.wait_for(coro, 120))
+
+
+def snakeden_processes() -> list[psutil.Process]:
+    """Every live process started by a pool of this test process, wherever it was reparented."""
+    me = os.getpid()
+    prefix = f"{me}-"
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        if proc.pid == me or proc.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        try:
+            env = proc.environ()
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+        if env.get("SNAKEDEN_RUN_TAG", "").startswith(prefix):
+            found.append(proc)
+    return found
+
+
+def assert_no_leftovers(timeout: float = 15.0) -> None:
+    procs = snakeden_processes()
+    if procs:
+        # A SIGKILLed grandchild may take a moment to be reaped by init: wait for the exits.
+        _, alive = psutil.wait_procs(procs, timeout=timeout)
+        alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        details = []
+        for p in alive:
+            try:
+                details.append(f"{p.pid} {' '.join(p.cmdline())}")
+            except psutil.Error:
+                pass
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        assert not alive, f"processes left behind: {details}"
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes() -> Iterator[None]:
+    yield
+    assert_no_leftovers()

@@ -1,0 +1,215 @@
+"""The crash matrix, in the style of loky's: fault kind x phase -> the exact error the caller gets,
+and the pool still serving afterwards. Real processes, real signals; no mocks.
+
+Phases: start-up (importing the worker module), decoding the call (unpickling an argument),
+running the command, encoding the result (pickling it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import signal
+import tempfile
+import time
+from typing import Any
+
+import pytest
+
+import snakeden
+from tests.conftest import run
+from tests.workers.faults import FAULTS, Bomb
+
+FAULT_MODULE = "tests.workers.faults"
+
+# What the caller gets for a fault in a call phase (decode, run, encode).
+CALL_PHASE_EXPECTED: dict[str, dict[str, tuple[type[Exception], str]]] = {
+    "decode": {
+        "exception": (snakeden.SerializationError, "injected fault"),
+        "sys_exit": (snakeden.WorkerCrashed, "exited with code 5"),
+        "os_exit": (snakeden.WorkerCrashed, "exited with code 7"),
+        "segfault": (snakeden.WorkerCrashed, "SIGSEGV(-11)"),
+        "sigkill": (snakeden.WorkerCrashed, "SIGKILL(-9)"),
+        "hang": (snakeden.CallTimeout, "did not finish within"),
+    },
+    "run": {
+        "exception": (snakeden.RemoteError, "RuntimeError: injected fault"),
+        "sys_exit": (snakeden.WorkerCrashed, "exited with code 5"),
+        "os_exit": (snakeden.WorkerCrashed, "exited with code 7"),
+        "segfault": (snakeden.WorkerCrashed, "SIGSEGV(-11)"),
+        "sigkill": (snakeden.WorkerCrashed, "SIGKILL(-9)"),
+        "hang": (snakeden.CallTimeout, "did not finish within"),
+    },
+    "encode": {
+        "exception": (snakeden.SerializationError, "injected fault"),
+        "sys_exit": (snakeden.WorkerCrashed, "exited with code 5"),
+        "os_exit": (snakeden.WorkerCrashed, "exited with code 7"),
+        "segfault": (snakeden.WorkerCrashed, "SIGSEGV(-11)"),
+        "sigkill": (snakeden.WorkerCrashed, "SIGKILL(-9)"),
+        "hang": (snakeden.CallTimeout, "did not finish within"),
+    },
+}
+
+START_EXPECTED = {
+    "exception": "RuntimeError: injected fault",
+    "sys_exit": "SystemExit: 5",
+    "os_exit": "exited with code 7",
+    "segfault": "SIGSEGV(-11)",
+    "sigkill": "SIGKILL(-9)",
+    "hang": "did not say hello within",
+}
+
+TIMEOUT = 1.5
+
+
+def _call_for(phase: str, kind: str) -> tuple[str, tuple[Any, ...]]:
+    if phase == "decode":
+        return "take", (Bomb(kind),)
+    if phase == "run":
+        return "run_fault", (kind,)
+    return "result_fault", (kind,)
+
+
+def _check(exc: BaseException, expected: tuple[type[Exception], str]) -> None:
+    cls, text = expected
+    assert type(exc) is cls, f"expected {cls.__name__}, got {type(exc).__name__}: {exc}"
+    assert text in str(exc), f"{text!r} not in {exc}"
+    if isinstance(exc, snakeden.WorkerCrashed) and "SIG" in text:
+        assert exc.signal_name == text.split("(")[0]
+        assert exc.exitcode is not None and exc.exitcode < 0
+
+
+@pytest.mark.parametrize("phase", ["decode", "run", "encode"])
+@pytest.mark.parametrize("kind", FAULTS)
+def test_async_call_phase_faults(phase: str, kind: str) -> None:
+    expected = CALL_PHASE_EXPECTED[phase][kind]
+
+    async def body() -> None:
+        async with snakeden.Pool(FAULT_MODULE, size=2, serializer="pickle") as pool:
+            name, args = _call_for(phase, kind)
+            bystanders = [asyncio.create_task(pool.call("echo", i)) for i in range(20)]
+            with pytest.raises(snakeden.SnakedenError) as info:
+                await pool.call(name, *args, timeout=TIMEOUT)
+            _check(info.value, expected)
+            # Calls beside it are untouched, and the pool serves at full size again.
+            assert await asyncio.gather(*bystanders) == list(range(20))
+            await pool.wait_ready(timeout=60)
+            assert await asyncio.gather(*(pool.call("echo", i) for i in range(10))) == list(
+                range(10)
+            )
+            assert pool.stats().workers == 2
+
+    run(body())
+
+
+@pytest.mark.parametrize("phase", ["decode", "run", "encode"])
+@pytest.mark.parametrize("kind", FAULTS)
+def test_sync_call_phase_faults(phase: str, kind: str) -> None:
+    expected = CALL_PHASE_EXPECTED[phase][kind]
+    with snakeden.SyncPool(FAULT_MODULE, size=2, serializer="pickle") as pool:
+        name, args = _call_for(phase, kind)
+        bystanders = [pool.submit("echo", i) for i in range(20)]
+        with pytest.raises(snakeden.SnakedenError) as info:
+            pool.call(name, *args, timeout=TIMEOUT)
+        _check(info.value, expected)
+        assert [f.result(timeout=60) for f in bystanders] == list(range(20))
+        pool.wait_ready(timeout=60)
+        assert list(pool.map("echo", range(10))) == list(range(10))
+
+
+@pytest.mark.parametrize("kind", FAULTS)
+@pytest.mark.parametrize("front", ["async", "sync"])
+def test_startup_faults_fail_pool_start_fast_with_the_cause(kind: str, front: str) -> None:
+    target = f"tests.workers.import_{kind}"
+    options: dict[str, Any] = {"size": 2, "start_timeout": 3.0 if kind == "hang" else 60.0}
+    t0 = time.monotonic()
+    with pytest.raises(snakeden.WorkerStartError) as info:
+        if front == "async":
+
+            async def body() -> None:
+                async with snakeden.Pool(target, **options):
+                    pass
+
+            run(body())
+        else:
+            with snakeden.SyncPool(target, **options):
+                pass
+    elapsed = time.monotonic() - t0
+    assert START_EXPECTED[kind] in str(info.value)
+    assert info.value.failures
+    if kind == "exception":
+        # The worker's own traceback, naming the module that failed.
+        assert "import_exception.py" in str(info.value)
+    # Fails fast: no restart loop (a generous bound; a hung import waits out start_timeout).
+    assert elapsed < 60
+
+
+def test_sigkill_from_outside_mid_call_fails_only_that_call() -> None:
+    async def body() -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            flag = pathlib.Path(tmp, "running")
+            async with snakeden.Pool(FAULT_MODULE, size=2) as pool:
+                victim = asyncio.create_task(pool.call("block", str(flag)))
+                pid = await _wait_for_file(flag)
+                others = [asyncio.create_task(pool.call("echo", i)) for i in range(30)]
+                os.kill(pid, signal.SIGKILL)
+                with pytest.raises(snakeden.WorkerCrashed) as info:
+                    await victim
+                assert info.value.signal_name == "SIGKILL"
+                assert "killed from outside" in str(info.value)
+                assert await asyncio.gather(*others) == list(range(30))
+                await pool.wait_ready(timeout=60)
+                assert pool.stats().calls_crashed == 1
+                assert pool.stats().restarts == 1
+
+    run(body())
+
+
+def test_crash_error_carries_last_stderr_lines() -> None:
+    async def body() -> None:
+        async with snakeden.Pool("snakeden.examples", size=1) as pool:
+            with pytest.raises(snakeden.WorkerCrashed) as info:
+                await pool.call("crash", "segfault")
+            # faulthandler's report is on stderr: the crash site is named.
+            assert any("in crash" in line for line in info.value.stderr_tail), info.value.stderr_tail
+            assert "last stderr lines" in str(info.value)
+
+    run(body())
+
+
+def test_idle_worker_killed_is_replaced_without_any_call_failing() -> None:
+    async def body() -> None:
+        events: list[snakeden.WorkerEvent] = []
+        replaced = asyncio.Event()
+
+        def on_event(e: snakeden.WorkerEvent) -> None:
+            events.append(e)
+            if e.kind == "ready" and any(x.kind == "crashed" for x in events):
+                replaced.set()
+
+        async with snakeden.Pool("snakeden.examples", size=2, on_event=on_event) as pool:
+            victim = pool.worker_pids()[0]
+            os.kill(victim, signal.SIGKILL)
+            await asyncio.wait_for(replaced.wait(), 60)
+            assert victim not in pool.worker_pids()
+            assert await asyncio.gather(*(pool.call("add", i, 1) for i in range(20))) == [
+                i + 1 for i in range(20)
+            ]
+            assert pool.stats().calls_crashed == 0
+
+    run(body())
+
+
+async def _wait_for_file(path: pathlib.Path, timeout: float = 60.0) -> int:
+    """Wait (bounded) until a worker has written its pid to ``path``: the call is running."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            text = path.read_text()
+            if text:
+                return int(text)
+        except FileNotFoundError:
+            pass
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{path} never appeared")

@@ -1,0 +1,1 @@
+"""Worker modules used by the tests (importable by spawned workers through PYTHONPATH)."""

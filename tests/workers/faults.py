@@ -1,0 +1,84 @@
+"""Fault injection: do ``kind`` of harm, from wherever this is called in a worker."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import snakeden
+
+FAULTS = ("exception", "sys_exit", "os_exit", "segfault", "sigkill", "hang")
+
+
+def explode(kind: str) -> Any:
+    if kind == "exception":
+        raise RuntimeError("injected fault")
+    if kind == "sys_exit":
+        sys.exit(5)
+    if kind == "os_exit":
+        os._exit(7)
+    if kind == "segfault":
+        ctypes.string_at(0)
+    if kind == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "hang":
+        ctypes.CDLL(None).sleep(3600)
+    raise AssertionError(kind)
+
+
+class Bomb:
+    """Goes off when unpickled (in the worker: decoding the call) or pickled (encoding a result)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __reduce__(self) -> Any:
+        if os.environ.get("SNAKEDEN_WORKER_ID") and self.kind:
+            # Pickling in the worker means encoding the result: explode now.
+            explode(self.kind)
+        return (explode, (self.kind,))
+
+
+@snakeden.command
+def run_fault(kind: str) -> None:
+    explode(kind)
+
+
+@snakeden.command
+def result_fault(kind: str) -> Bomb:
+    return Bomb(kind)
+
+
+@snakeden.command
+def take(arg: Any) -> str:
+    return type(arg).__name__
+
+
+@snakeden.command
+def echo(x: Any) -> Any:
+    return x
+
+
+@snakeden.command
+def block(path: str, seconds: float = 3600) -> None:
+    """Create ``path`` (the test waits for it: the call is running) and then block."""
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(seconds)
+
+
+@snakeden.command
+def record(path: str, token: str) -> str:
+    """Append ``token`` to ``path``: a record that the call was executed."""
+    with open(path, "a") as f:
+        f.write(token + "\n")
+    return token
+
+
+@snakeden.command
+def getpid() -> int:
+    return os.getpid()
