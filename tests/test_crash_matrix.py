@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pathlib
 import signal
 import tempfile
 import time
@@ -19,6 +18,7 @@ import pytest
 
 import snakeden
 from tests.conftest import run
+from tests.rendezvous import Rendezvous
 from tests.workers.faults import FAULTS, Bomb
 
 FAULT_MODULE = "tests.workers.faults"
@@ -80,13 +80,16 @@ def _check(exc: BaseException, expected: tuple[type[Exception], str]) -> None:
         assert exc.exitcode is not None and exc.exitcode < 0
 
 
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
 @pytest.mark.parametrize("phase", ["decode", "run", "encode"])
 @pytest.mark.parametrize("kind", FAULTS)
-def test_async_call_phase_faults(phase: str, kind: str) -> None:
+def test_async_call_phase_faults(phase: str, kind: str, start_method: str) -> None:
     expected = CALL_PHASE_EXPECTED[phase][kind]
 
     async def body() -> None:
-        async with snakeden.Pool(FAULT_MODULE, size=2, serializer="pickle") as pool:
+        async with snakeden.Pool(
+            FAULT_MODULE, size=2, serializer="pickle", start_method=start_method
+        ) as pool:
             name, args = _call_for(phase, kind)
             bystanders = [asyncio.create_task(pool.call("echo", i)) for i in range(20)]
             with pytest.raises(snakeden.SnakedenError) as info:
@@ -119,10 +122,18 @@ def test_sync_call_phase_faults(phase: str, kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", FAULTS)
-@pytest.mark.parametrize("front", ["async", "sync"])
-def test_startup_faults_fail_pool_start_fast_with_the_cause(kind: str, front: str) -> None:
+@pytest.mark.parametrize(
+    ("front", "start_method"), [("async", "fork"), ("async", "spawn"), ("sync", "fork")]
+)
+def test_startup_faults_fail_pool_start_fast_with_the_cause(
+    kind: str, front: str, start_method: str
+) -> None:
     target = f"tests.workers.import_{kind}"
-    options: dict[str, Any] = {"size": 2, "start_timeout": 3.0 if kind == "hang" else 60.0}
+    options: dict[str, Any] = {
+        "size": 2,
+        "start_timeout": 3.0 if kind == "hang" else 60.0,
+        "start_method": start_method,
+    }
     t0 = time.monotonic()
     with pytest.raises(snakeden.WorkerStartError) as info:
         if front == "async":
@@ -148,10 +159,10 @@ def test_startup_faults_fail_pool_start_fast_with_the_cause(kind: str, front: st
 def test_sigkill_from_outside_mid_call_fails_only_that_call() -> None:
     async def body() -> None:
         with tempfile.TemporaryDirectory() as tmp:
-            flag = pathlib.Path(tmp, "running")
+            flag = Rendezvous(tmp)
             async with snakeden.Pool(FAULT_MODULE, size=2) as pool:
                 victim = asyncio.create_task(pool.call("block", str(flag)))
-                pid = await _wait_for_file(flag)
+                pid = int(await flag.wait_async())
                 others = [asyncio.create_task(pool.call("echo", i)) for i in range(30)]
                 os.kill(pid, signal.SIGKILL)
                 with pytest.raises(snakeden.WorkerCrashed) as info:
@@ -172,7 +183,9 @@ def test_crash_error_carries_last_stderr_lines() -> None:
             with pytest.raises(snakeden.WorkerCrashed) as info:
                 await pool.call("crash", "segfault")
             # faulthandler's report is on stderr: the crash site is named.
-            assert any("in crash" in line for line in info.value.stderr_tail), info.value.stderr_tail
+            assert any("in crash" in line for line in info.value.stderr_tail), (
+                info.value.stderr_tail
+            )
             assert "last stderr lines" in str(info.value)
 
     run(body())
@@ -199,17 +212,3 @@ def test_idle_worker_killed_is_replaced_without_any_call_failing() -> None:
             assert pool.stats().calls_crashed == 0
 
     run(body())
-
-
-async def _wait_for_file(path: pathlib.Path, timeout: float = 60.0) -> int:
-    """Wait (bounded) until a worker has written its pid to ``path``: the call is running."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            text = path.read_text()
-            if text:
-                return int(text)
-        except FileNotFoundError:
-            pass
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{path} never appeared")

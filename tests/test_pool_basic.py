@@ -140,7 +140,9 @@ def test_map_keeps_order_plain_and_batched() -> None:
             assert await pool.map("echo", items) == items
             assert await pool.map("echo", items, chunksize=16) == items
             pairs = [(i, i) for i in range(50)]
-            assert await pool.map("add", pairs, star=True, chunksize=7) == [2 * i for i in range(50)]
+            assert await pool.map("add", pairs, star=True, chunksize=7) == [
+                2 * i for i in range(50)
+            ]
             with pytest.raises(snakeden.RemoteError):
                 await pool.map("fail", ["x"] * 5, chunksize=2)
 

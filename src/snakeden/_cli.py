@@ -13,8 +13,9 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="run the demo on the bundled example worker")
     demo.add_argument("--size", type=int, default=4)
     sub.add_parser("bench", help="run the benchmarks (snakeden bench --help)", add_help=False)
-    sub.add_parser("worker", help="serve a worker module (python -m snakeden.worker)",
-                   add_help=False)
+    sub.add_parser(
+        "worker", help="serve a worker module (python -m snakeden.worker)", add_help=False
+    )
     if args and args[0] == "bench":
         from snakeden._bench import main as bench_main
 

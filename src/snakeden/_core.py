@@ -28,6 +28,7 @@ import logging
 import os
 import random
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -49,7 +50,7 @@ from snakeden._errors import (
 )
 from snakeden._events import EventHub, WorkerEvent
 from snakeden._output import OutputTail
-from snakeden._process import Launcher, LaunchSpec, WorkerProcess
+from snakeden._process import Launcher, LaunchSpec, SpawnLauncher, WorkerProcess
 from snakeden._protocol import (
     DEFAULT_MAX_FRAME_SIZE,
     PROTOCOL_VERSION,
@@ -173,7 +174,7 @@ class WorkerHandle:
     def __repr__(self) -> str:
         return f"<Worker {self.id} pid={self.pid} {self.state.value} calls={self.calls}>"
 
-    def stderr_tail(self, n: int = 12) -> list[str]:
+    def stderr_tail(self, n: int = 25) -> list[str]:
         return list(self.stderr.lines)[-n:] if self.stderr else []
 
 
@@ -224,14 +225,12 @@ class PoolCore:
     def __init__(
         self,
         config: PoolConfig,
-        launcher: Launcher,
         loop: asyncio.AbstractEventLoop,
         *,
         blocking: bool,
     ) -> None:
         config.validate()
         self.config = config
-        self.launcher = launcher
         self.loop = loop
         self.blocking = blocking
         self.clock = config.clock
@@ -245,6 +244,7 @@ class PoolCore:
         self.reject: BaseException | None = None  # set when closed or broken
         self.run_tag = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.events = EventHub(config.on_event, self.clock)
+        self.launcher: Launcher = make_launcher(config, self.run_tag)
         self.pickle = config.serializer == "pickle"
         self._starting = 0
         self._consecutive_start_failures = 0
@@ -562,8 +562,6 @@ class PoolCore:
         await asyncio.wait_for(until(), timeout)
 
     def _spec(self, worker_id: str) -> LaunchSpec:
-        import sys
-
         return LaunchSpec(
             worker_id=worker_id,
             target=self.config.target,
@@ -580,8 +578,7 @@ class PoolCore:
             # +-10% jitter, so workers started together do not all recycle together.
             spread = max(1, max_calls // 10)
             max_calls = max(1, max_calls + random.randint(-spread, spread))
-        w = WorkerHandle(f"w{next(_ids)}", self.clock(), max_calls)
-        return w
+        return WorkerHandle(f"w{next(_ids)}", self.clock(), max_calls)
 
     async def _start_worker(
         self, *, initial: bool = False, replaces: WorkerHandle | None = None
@@ -634,7 +631,7 @@ class PoolCore:
 
     async def _launch_and_handshake(self, w: WorkerHandle) -> None:
         spec = self._spec(w.id)
-        proc = self.launcher.launch(spec)  # raises WorkerStartError on a missing interpreter
+        proc = await self.launcher.launch(spec)  # WorkerStartError: e.g. a missing interpreter
         w.proc = proc
         self.events.emit("started", w, None)
         w.stdout = OutputTail("stdout", w.id, proc.pid)
@@ -786,7 +783,9 @@ class PoolCore:
             retiring = [
                 w
                 for w in self.workers.values()
-                if (w.retiring or w.must_retire) and w.replacing is None and w.state is not WState.DEAD
+                if (w.retiring or w.must_retire)
+                and w.replacing is None
+                and w.state is not WState.DEAD
             ]
         for i in range(max(0, missing)):
             replaces = retiring[i] if i < len(retiring) else None
@@ -1021,6 +1020,31 @@ class PoolCore:
                 for w in self.workers.values()
                 if w.proc is not None and w.state is not WState.DEAD
             ]
+
+
+def make_launcher(config: PoolConfig, run_tag: str) -> Launcher:
+    """The launcher for ``start_method``: ``auto`` forks from a template where it can."""
+    method = config.start_method
+    if method == "auto":
+        same_python = config.python is None or os.path.realpath(config.python) == os.path.realpath(
+            sys.executable
+        )
+        method = (
+            "fork" if hasattr(os, "fork") and sys.platform == "linux" and same_python else "spawn"
+        )
+    if method == "fork":
+        from snakeden._template import ForkLauncher
+
+        return ForkLauncher(
+            config.target,
+            config.preload,
+            python=config.python,
+            env=config.env,
+            cwd=config.cwd,
+            run_tag=run_tag,
+            start_timeout=config.start_timeout,
+        )
+    return SpawnLauncher()
 
 
 def _uss(pid: int) -> int | None:

@@ -22,12 +22,14 @@ async def _demo(size: int) -> None:
         t = time.perf_counter()
         results = await asyncio.gather(*(pool.call("work", 200 + i % 7) for i in range(2000)))
         dt = time.perf_counter() - t
-        _say(f"2000 concurrent calls done in {dt:.2f}s ({2000 / dt:,.0f}/s); {len(set(results))} "
-             f"distinct digests")
+        _say(
+            f"2000 concurrent calls done in {dt:.2f}s ({2000 / dt:,.0f}/s); {len(set(results))} "
+            f"distinct digests"
+        )
 
         print(f"  by reference: math.factorial(20) = {await pool.call(math.factorial, 20)}")
 
-        victim = asyncio. create_task(pool.call("crash", "segfault"))
+        victim = asyncio.create_task(pool.call("crash", "segfault"))
         others = [asyncio.create_task(pool.call("work", 5000)) for _ in range(size * 2)]
         try:
             await victim
@@ -46,8 +48,16 @@ async def _demo(size: int) -> None:
         print(f"  pool back to {size} ready workers: {await pool.call('add', 2, 3) == 5}")
         stats = pool.stats()
         _say("stats:")
-        for field in ("workers", "ready", "busy", "calls_ok", "calls_failed", "calls_crashed",
-                      "calls_timed_out", "restarts"):
+        for field in (
+            "workers",
+            "ready",
+            "busy",
+            "calls_ok",
+            "calls_failed",
+            "calls_crashed",
+            "calls_timed_out",
+            "restarts",
+        ):
             print(f"  {field:16} {getattr(stats, field)}")
         print(f"  call latency     {stats.call_latency}")
         print(f"  checkout wait    {stats.checkout_wait}")

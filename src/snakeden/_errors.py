@@ -24,7 +24,7 @@ class CallError(SnakedenError):
 
 
 class RemoteTraceback(Exception):
-    """Carries the worker-side traceback text; attached as ``__cause__`` of a :class:`RemoteError`."""
+    """The worker-side traceback text, chained as ``__cause__`` of a :class:`RemoteError`."""
 
     def __init__(self, tb: str) -> None:
         super().__init__(tb)
@@ -73,7 +73,7 @@ class UnknownCommand(CallError):
 
 
 class BadCall(CallError):
-    """**The call does not fit the command** (wrong arguments, malformed call). The caller's fault."""
+    """**The call does not fit the command** (wrong arguments). The caller's fault."""
 
 
 class SerializationError(CallError):

@@ -49,9 +49,7 @@ class EventHub:
         self.callback = callback
         self.clock = clock
 
-    def emit(
-        self, kind: str, w: WorkerHandle, t0: float | None, *, detail: str = ""
-    ) -> None:
+    def emit(self, kind: str, w: WorkerHandle, t0: float | None, *, detail: str = "") -> None:
         if self.callback is None:
             return
         duration = time.perf_counter() - t0 if t0 is not None else None

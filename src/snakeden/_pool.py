@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from snakeden._calls import Command, decode_reply, encode_call, unpack_batch
 from snakeden._channel import ChannelLost
 from snakeden._core import PoolConfig, PoolCore, WorkerHandle
-from snakeden._errors import CallTimeout, PoolClosed, ProtocolError, WorkerCrashed
-from snakeden._events import WorkerEvent
-from snakeden._launchers import make_launcher
-from snakeden._protocol import DEFAULT_MAX_FRAME_SIZE, Kind, encode_frame, encode_header
+from snakeden._errors import CallTimeout, PoolClosed, ProtocolError
+from snakeden._protocol import Kind, encode_frame, encode_header
 from snakeden._stats import PoolStats
 
 _UNSET: Any = object()
@@ -65,7 +63,7 @@ class Pool:
         if self._core is not None:
             raise RuntimeError("the pool is already started")
         loop = asyncio.get_running_loop()
-        self._core = PoolCore(self.config, make_launcher(self.config), loop, blocking=False)
+        self._core = PoolCore(self.config, loop, blocking=False)
         await self._core.start()
         return self
 
@@ -92,7 +90,9 @@ class Pool:
 
     # --- calls --------------------------------------------------------------------------------
 
-    async def call(self, cmd: Command, /, *args: Any, timeout: float | None = _UNSET, **kwargs: Any) -> Any:
+    async def call(
+        self, cmd: Command, /, *args: Any, timeout: float | None = _UNSET, **kwargs: Any
+    ) -> Any:
         """Run ``cmd(*args, **kwargs)`` on a worker and return its result.
 
         ``cmd`` is a command name or an importable module-level function. ``timeout`` (default:
@@ -256,7 +256,3 @@ class _Expired(Exception):
 def _expire(fut: asyncio.Future[Any]) -> None:
     if not fut.done():
         fut.set_exception(_Expired())
-
-
-__all__ = ["DEFAULT_MAX_FRAME_SIZE", "Pool", "WorkerCrashed", "WorkerEvent", "describe"]
-_ = Callable

@@ -61,7 +61,7 @@ class WorkerProcess:
     def __repr__(self) -> str:
         return f"<WorkerProcess pid={self.pid} returncode={self.returncode}>"
 
-    def set_exited(self, returncode: int) -> None:
+    def set_exited(self, returncode: int | None) -> None:
         """Record the exit status (called once by the launcher) and run the exit callbacks."""
         with self._lock:
             if self._exited.is_set():
@@ -90,7 +90,7 @@ class WorkerProcess:
         return self._exited.is_set()
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Signal the worker's whole process group (it leads its own), so what it started dies too."""
+        """Signal the worker's process group (it leads its own): what it started dies too."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, sig)
         if not self.exited:
@@ -114,8 +114,8 @@ class Launcher(Protocol):
     async def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Prepare (e.g. start a template). Raises WorkerStartError if that fails."""
 
-    def launch(self, spec: LaunchSpec) -> WorkerProcess:
-        """Start one worker now; quick (milliseconds) and non-blocking in spirit."""
+    async def launch(self, spec: LaunchSpec) -> WorkerProcess:
+        """Start one worker; its exit must later be reported through ``set_exited``."""
 
     async def close(self) -> None:
         """Release what ``start`` acquired."""
@@ -191,7 +191,7 @@ class SpawnLauncher:
     async def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._watcher = PidfdWatcher(loop)
 
-    def launch(self, spec: LaunchSpec) -> WorkerProcess:
+    async def launch(self, spec: LaunchSpec) -> WorkerProcess:
         assert self._watcher is not None, "launcher not started"
         host_r, worker_w, worker_r, host_w = make_pipes()
         out_r, out_w = os.pipe()
@@ -201,7 +201,9 @@ class SpawnLauncher:
             argv.append(spec.target)
         argv.append(f"--snakeden-run={spec.run_tag}")
         try:
-            proc = subprocess.Popen(
+            # Popen on the loop thread on purpose: fork+exec takes ~1 ms, and the worker's
+            # parent-death signal is tied to the thread that forked it, which must outlive it.
+            proc = subprocess.Popen(  # noqa: ASYNC220
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=out_w,

@@ -22,7 +22,6 @@ from snakeden._calls import Command, decode_reply, encode_call, unpack_batch
 from snakeden._channel import ChannelLost
 from snakeden._core import PoolCore
 from snakeden._errors import CallTimeout, PoolClosed, PoolSaturated, ProtocolError
-from snakeden._launchers import make_launcher
 from snakeden._pool import _UNSET, describe, make_config
 from snakeden._protocol import Kind, encode_header
 from snakeden._stats import PoolStats
@@ -46,7 +45,7 @@ class SyncPool(cf.Executor):
             target=self._loop.run_forever, name="snakeden-supervisor", daemon=True
         )
         self._thread.start()
-        self._core = PoolCore(self.config, make_launcher(self.config), self._loop, blocking=True)
+        self._core = PoolCore(self.config, self._loop, blocking=True)
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._dispatchers: list[threading.Thread] = []
         self._submitted = 0  # submitted and not yet picked up by a dispatcher
@@ -63,7 +62,9 @@ class SyncPool(cf.Executor):
 
     # --- calls --------------------------------------------------------------------------------
 
-    def call(self, cmd: Command, /, *args: Any, timeout: float | None = _UNSET, **kwargs: Any) -> Any:
+    def call(
+        self, cmd: Command, /, *args: Any, timeout: float | None = _UNSET, **kwargs: Any
+    ) -> Any:
         """Run ``cmd(*args, **kwargs)`` on a worker from this thread and return the result.
 
         Same semantics as :meth:`snakeden.Pool.call`, including the reserved ``timeout``.
@@ -159,7 +160,8 @@ class SyncPool(cf.Executor):
             self._submitted += 1
             if len(self._dispatchers) < min(self._submitted, self.config.upper_size):
                 t = threading.Thread(
-                    target=self._dispatch, name=f"snakeden-dispatch-{len(self._dispatchers)}",
+                    target=self._dispatch,
+                    name=f"snakeden-dispatch-{len(self._dispatchers)}",
                     daemon=True,
                 )
                 self._dispatchers.append(t)

@@ -14,6 +14,6 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark with command-line arguments ``argv`` (``--short``, ``--out DIR``,
     ``--only NAMES``, ...); return the process exit status."""
     # Lazily: workers import snakeden._bench.workers / peer_tasks and must not pay for this.
-    from snakeden._bench._harness import main as _main  # noqa: PLC0415
+    from snakeden._bench._harness import main as _main
 
     return _main(argv)

@@ -1,0 +1,544 @@
+"""The fork template: one warm process per pool, from which workers are forked in milliseconds.
+
+Host side (:class:`ForkLauncher`) and template side (:func:`template_main`) in one module::
+
+    host (ForkLauncher)                           template (python -m snakeden._template)
+    -------------------                           ---------------------------------------
+    spawn template with a SEQPACKET socket  --->  import target + preload modules, once
+                                            <---  {"op": "ready", "threads": n}
+    {"op": "fork", worker_id} + 4 fds       --->  fork(): child dup2s stdout/stderr, serves
+                                            <---  {"op": "forked", pid}
+                                            <---  {"op": "exited", pid, returncode} (SIGCHLD)
+
+The template stays single-threaded and never runs per-worker set-up: forking a process with
+threads copies only the forking thread, so locks held by the others stay locked forever in the
+child. Python threads in the template are refused with a clear error; native threads (e.g. an
+OpenBLAS pool started at import) are reported as a warning, since their libraries usually
+re-initialise after fork, but an initialised GPU context (CUDA) never survives fork.
+
+Workers are children of the template, so it reaps them and reports their exit status. They die
+with it (parent-death signal), and it dies with the host, so a host killed with SIGKILL leaves no
+worker behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack
+
+from snakeden._errors import WorkerStartError, describe_exit
+from snakeden._output import OutputTail
+from snakeden._process import LaunchSpec, WorkerProcess, make_pipes, worker_env
+
+log = logging.getLogger("snakeden")
+
+_MAX_MSG = 64 * 1024
+EXIT_TEMPLATE_FAILED = 3
+
+
+# --- host side ---------------------------------------------------------------------------------
+
+
+class ForkLauncher:
+    """Launches workers by asking a warm template process to fork."""
+
+    name = "fork"
+
+    def __init__(
+        self,
+        target: str | None,
+        preload: Sequence[str] = (),
+        *,
+        python: str | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        run_tag: str = "",
+        start_timeout: float = 60.0,
+    ) -> None:
+        self.target = target
+        self.preload = tuple(preload)
+        self.python = python or sys.executable
+        self.env = dict(env or {})
+        self.cwd = cwd
+        self.run_tag = run_tag
+        self.start_timeout = start_timeout
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.sock: socket.socket | None = None
+        self.ready_info: dict[str, Any] = {}
+        self._ready: asyncio.Future[dict[str, Any]] | None = None
+        self._forks: dict[str, asyncio.Future[int]] = {}
+        self._workers: dict[int, WorkerProcess] = {}
+        self._early_exits: dict[int, int] = {}
+        self._tails: list[OutputTail] = []
+        self._tail_fds: tuple[int, ...] = ()
+        self._restart_lock: asyncio.Lock | None = None
+        self._closed = False
+        self._background: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        pid = self.proc.pid if self.proc else None
+        return f"<ForkLauncher template pid={pid} target={self.target!r}>"
+
+    async def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._restart_lock = asyncio.Lock()
+        await self._start_template()
+
+    async def _start_template(self) -> None:
+        assert self.loop is not None
+        host_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        argv = [self.python, "-m", "snakeden._template", self.target or ""]
+        if self.preload:
+            argv.append("--preload=" + ",".join(self.preload))
+        argv.append(f"--snakeden-run={self.run_tag}")
+        spec = LaunchSpec(
+            worker_id="template", target=self.target, env=self.env, run_tag=self.run_tag
+        )
+        env = worker_env(spec, -1, -1, os.getpid())
+        env["SNAKEDEN_TEMPLATE_FD"] = str(child_sock.fileno())
+        del env["SNAKEDEN_FDS"]
+        try:
+            # On the loop thread on purpose, see SpawnLauncher.launch.
+            self.proc = subprocess.Popen(  # noqa: ASYNC220
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out_w,
+                stderr=err_w,
+                pass_fds=(child_sock.fileno(),),
+                env=env,
+                cwd=self.cwd,
+                process_group=0,
+            )
+        except OSError as exc:
+            for fd in (out_r, out_w, err_r, err_w):
+                os.close(fd)
+            host_sock.close()
+            child_sock.close()
+            raise WorkerStartError(
+                f"cannot start the fork template with interpreter {self.python!r}: {exc}",
+                {"template": str(exc)},
+            ) from exc
+        child_sock.close()
+        os.close(out_w)
+        os.close(err_w)
+        self.sock = host_sock
+        host_sock.setblocking(False)
+        self._tails = [
+            OutputTail("stdout", "template", self.proc.pid),
+            OutputTail("stderr", "template", self.proc.pid),
+        ]
+        self._tails[0].attach(self.loop, out_r)
+        self._tails[1].attach(self.loop, err_r)
+        self._tail_fds = (out_r, err_r)
+        self._ready = self.loop.create_future()
+        self.loop.add_reader(host_sock.fileno(), self._on_message)
+        try:
+            self.ready_info = await asyncio.wait_for(self._ready, self.start_timeout)
+        except TimeoutError:
+            await self._kill_template()
+            raise WorkerStartError(
+                f"the fork template did not say hello within {self.start_timeout}s while "
+                f"importing {self.target!r}; raise start_timeout or check the module"
+                + self._stderr_text(),
+                {"template": "start timeout"},
+            ) from None
+        except WorkerStartError:
+            await self._kill_template()
+            raise
+        warning = self.ready_info.get("warning")
+        if warning:
+            log.warning("fork template for %r: %s", self.target, warning)
+
+    def _stderr_text(self) -> str:
+        lines = list(self._tails[1].lines)[-20:] if self._tails else []
+        return ("\nlast stderr lines:\n  " + "\n  ".join(lines)) if lines else ""
+
+    def _on_message(self, *_: object) -> None:
+        assert self.sock is not None
+        while True:
+            try:
+                data, _fds, _flags, _addr = socket.recv_fds(self.sock, _MAX_MSG, 0)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._template_gone()
+                return
+            msg = msgpack.unpackb(data, raw=False)
+            op = msg.get("op")
+            if op == "ready":
+                if self._ready is not None and not self._ready.done():
+                    self._ready.set_result(msg)
+            elif op == "error":
+                err = WorkerStartError(
+                    f"the fork template failed to import {self.target!r}: {msg.get('type')}: "
+                    f"{msg.get('message')}\n--- template traceback ---\n{msg.get('traceback')}",
+                    {"template": str(msg.get("traceback"))},
+                )
+                if self._ready is not None and not self._ready.done():
+                    self._ready.set_exception(err)
+            elif op == "forked":
+                fut = self._forks.pop(msg["worker_id"], None)
+                if fut is not None and not fut.done():
+                    if "error" in msg:
+                        fut.set_exception(
+                            WorkerStartError(
+                                f"the template could not fork worker {msg['worker_id']}: "
+                                f"{msg['error']}",
+                                {msg["worker_id"]: msg["error"]},
+                            )
+                        )
+                    else:
+                        fut.set_result(int(msg["pid"]))
+            elif op == "exited":
+                pid, code = int(msg["pid"]), int(msg["returncode"])
+                wp = self._workers.pop(pid, None)
+                if wp is not None:
+                    wp.set_exited(code)
+                else:
+                    self._early_exits[pid] = code
+
+    def _template_gone(self) -> None:
+        """The template died (or closed its socket). Its workers die with it (parent-death
+        signal); their exit statuses are lost, so report them as killed."""
+        assert self.loop is not None
+        if self.sock is not None:
+            with contextlib.suppress(Exception):
+                self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+        for fut in self._forks.values():
+            if not fut.done():
+                fut.set_exception(WorkerStartError("the fork template died", {}))
+        self._forks.clear()
+        workers, self._workers = self._workers, {}
+        for wp in workers.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(wp.pid, signal.SIGKILL)
+            wp.set_exited(-signal.SIGKILL)
+        task = self.loop.create_task(self._report_template_exit())
+        self._background = task
+
+    async def _report_template_exit(self) -> None:
+        # End-of-file on the socket can arrive before the exit status: wait for the latter.
+        code = None
+        if self.proc is not None:
+            with contextlib.suppress(TimeoutError):
+                code = await asyncio.wait_for(asyncio.to_thread(self.proc.wait), 5.0)
+        for tail in self._tails:
+            tail.drain()
+        was_ready = self._ready is not None and self._ready.done()
+        if not self._closed and was_ready:
+            log.error(
+                "the fork template (pid %s) died: %s; its workers die with it and a new template "
+                "will be started",
+                self.proc.pid if self.proc else "?",
+                describe_exit(code),
+            )
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(
+                WorkerStartError(
+                    f"the fork template died while importing {self.target!r}: "
+                    f"{describe_exit(code)}" + self._stderr_text(),
+                    {"template": describe_exit(code)},
+                )
+            )
+
+    async def launch(self, spec: LaunchSpec) -> WorkerProcess:
+        assert self.loop is not None and self._restart_lock is not None
+        if self.sock is None:
+            async with self._restart_lock:
+                if self.sock is None and not self._closed:
+                    await self._reap_template()
+                    await self._start_template()
+        if self.sock is None:
+            raise WorkerStartError("the fork launcher is closed", {spec.worker_id: "closed"})
+        host_r, worker_w, worker_r, host_w = make_pipes()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        fut: asyncio.Future[int] = self.loop.create_future()
+        self._forks[spec.worker_id] = fut
+        request = msgpack.packb(
+            {"op": "fork", "worker_id": spec.worker_id, "max_frame": spec.max_frame_size}
+        )
+        try:
+            socket.send_fds(self.sock, [request], [worker_r, worker_w, out_w, err_w])
+        except OSError as exc:
+            self._forks.pop(spec.worker_id, None)
+            for fd in (host_r, worker_w, worker_r, host_w, out_r, out_w, err_r, err_w):
+                os.close(fd)
+            raise WorkerStartError(f"cannot reach the fork template: {exc}", {}) from exc
+        finally:
+            for fd in (worker_r, worker_w, out_w, err_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        try:
+            pid = await asyncio.wait_for(fut, self.start_timeout)
+        except BaseException:
+            self._forks.pop(spec.worker_id, None)
+            for fd in (host_r, host_w, out_r, err_r):
+                os.close(fd)
+            raise
+        wp = WorkerProcess(pid, read_fd=host_r, write_fd=host_w, stdout_fd=out_r, stderr_fd=err_r)
+        code = self._early_exits.pop(pid, None)
+        if code is not None:
+            wp.set_exited(code)
+        else:
+            self._workers[pid] = wp
+        return wp
+
+    async def _reap_template(self) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            await asyncio.to_thread(self.proc.wait)
+        for tail in self._tails:
+            tail.detach()
+        for fd in self._tail_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._tail_fds = ()
+
+    async def _kill_template(self) -> None:
+        if self.sock is not None and self.loop is not None:
+            with contextlib.suppress(Exception):
+                self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+        await self._reap_template()
+
+    async def close(self) -> None:
+        self._closed = True
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.send(msgpack.packb({"op": "shutdown"}))
+        proc = self.proc
+        if proc is not None:
+            try:
+                await asyncio.wait_for(asyncio.to_thread(proc.wait), 5.0)
+            except TimeoutError:
+                pass
+        await self._kill_template()
+
+    def pids(self) -> Sequence[int]:
+        return (self.proc.pid,) if self.proc is not None and self.proc.poll() is None else ()
+
+
+# --- template side -----------------------------------------------------------------------------
+
+
+def _send(sock: socket.socket, msg: dict[str, Any]) -> None:
+    sock.send(msgpack.packb(msg))
+
+
+def _native_threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
+
+
+def template_main(argv: list[str]) -> int:
+    from snakeden import _commands, worker
+
+    sock = socket.socket(fileno=int(os.environ["SNAKEDEN_TEMPLATE_FD"]))
+    os.set_inheritable(sock.fileno(), False)
+    host = os.environ.get("SNAKEDEN_HOST_PID")
+    worker.die_with_parent(int(host) if host else None)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    target = next((a for a in argv if not a.startswith("--")), "") or None
+    preload = next((a.split("=", 1)[1] for a in argv if a.startswith("--preload=")), "")
+    try:
+        import importlib
+
+        for name in filter(None, preload.split(",")):
+            importlib.import_module(name)
+        loaded = _commands.import_target(target) if target else None
+    except BaseException as exc:
+        tb = "".join(traceback.format_exception(exc))
+        print(f"snakeden template: import failed\n{tb}", file=sys.stderr, flush=True)
+        with contextlib.suppress(OSError):
+            _send(
+                sock,
+                {
+                    "op": "error",
+                    "type": type(exc).__qualname__,
+                    "message": str(exc),
+                    "traceback": tb,
+                },
+            )
+        return EXIT_TEMPLATE_FAILED
+    if threading.active_count() > 1:
+        names = ", ".join(t.name for t in threading.enumerate() if t is not threading.main_thread())
+        message = (
+            f"importing {target!r} (or a preload module) started Python threads ({names}); "
+            f"forking a process with threads is unsafe. Start threads in set-up (setup()) "
+            f"instead of at import, or use start_method='spawn'"
+        )
+        print(f"snakeden template: {message}", file=sys.stderr, flush=True)
+        with contextlib.suppress(OSError):
+            _send(
+                sock,
+                {"op": "error", "type": "RuntimeError", "message": message, "traceback": message},
+            )
+        return EXIT_TEMPLATE_FAILED
+    ready: dict[str, Any] = {"op": "ready", "pid": os.getpid(), "threads": _native_threads()}
+    if ready["threads"] > 1:
+        ready["warning"] = (
+            f"{ready['threads']} native threads after import (a BLAS pool?); forked workers get "
+            f"only one. Usually harmless for numpy/OpenBLAS; set OPENBLAS_NUM_THREADS=1 or "
+            f"use start_method='spawn' if workers hang"
+        )
+    _send(sock, ready)
+    return _serve_forks(sock, target, loaded)
+
+
+def _serve_forks(sock: socket.socket, target: str | None, loaded: Any) -> int:
+    import select
+
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    os.set_blocking(wake_r, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # delivery only; the wakeup fd does the work
+    children: set[int] = set()
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    while True:
+        try:
+            events = poller.poll()
+        except InterruptedError:
+            continue
+        for fd, _ev in events:
+            if fd == wake_r:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake_r, 4096)
+                _reap(sock, children)
+                continue
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(sock, _MAX_MSG, 8)
+            except InterruptedError:
+                continue
+            except OSError:
+                data, fds = b"", []
+            if not data:
+                # The host is gone: take every worker with us.
+                for pid in children:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pid, signal.SIGKILL)
+                return 0
+            msg = msgpack.unpackb(data, raw=False)
+            if msg.get("op") == "shutdown":
+                return 0
+            if msg.get("op") == "fork" and len(fds) == 4:
+                pid = _fork_worker(sock, (wake_r, wake_w), fds, msg, target, loaded)
+                for passed in fds:
+                    os.close(passed)
+                if pid > 0:
+                    children.add(pid)
+                    _send(sock, {"op": "forked", "worker_id": msg["worker_id"], "pid": pid})
+                # Reap anything that exited while we were forking.
+                _reap(sock, children)
+            else:
+                for passed in fds:
+                    os.close(passed)
+
+
+def _reap(sock: socket.socket, children: set[int]) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        children.discard(pid)
+        with contextlib.suppress(OSError):
+            _send(
+                sock, {"op": "exited", "pid": pid, "returncode": os.waitstatus_to_exitcode(status)}
+            )
+
+
+def _fork_worker(  # noqa: PLR0917
+    sock: socket.socket,
+    wake: tuple[int, int],
+    fds: list[int],
+    msg: dict[str, Any],
+    target: str | None,
+    loaded: Any,
+) -> int:
+    from snakeden import worker
+
+    template_pid = os.getpid()
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        _send(sock, {"op": "forked", "worker_id": msg["worker_id"], "error": str(exc)})
+        return -1
+    if pid:
+        return pid
+    # --- in the worker ---
+    code = 1
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        sock.close()
+        for fd in wake:
+            os.close(fd)
+        os.setpgid(0, 0)
+        rfd, wfd, out_fd, err_fd = fds
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(out_fd, 1)
+        os.dup2(err_fd, 2)
+        os.close(out_fd)
+        os.close(err_fd)
+        worker_id = str(msg["worker_id"])
+        os.environ["SNAKEDEN_WORKER_ID"] = worker_id
+        os.environ["SNAKEDEN_FDS"] = f"{rfd},{wfd}"
+        worker.die_with_parent(template_pid)
+        worker.prepare_process()
+        code = worker.serve(
+            target,
+            rfd=rfd,
+            wfd=wfd,
+            worker_id=worker_id,
+            max_frame_size=int(msg["max_frame"]),
+            preloaded=loaded,
+        )
+    except SystemExit as exc:
+        # Exit as the interpreter would for an uncaught SystemExit, so forked and spawned
+        # workers report the same exit code.
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
+            code = 1
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+if __name__ == "__main__":
+    sys.exit(template_main(sys.argv[1:]))
