@@ -60,6 +60,7 @@ from snakeden._protocol import (
     decode_body,
     encode_frame,
 )
+from snakeden._reaper import RunRecord, reap_leftovers
 from snakeden._stats import Counters, Percentiles, PoolStats
 
 log = logging.getLogger("snakeden")
@@ -245,6 +246,7 @@ class PoolCore:
         self.run_tag = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.events = EventHub(config.on_event, self.clock)
         self.launcher: Launcher = make_launcher(config, self.run_tag)
+        self.record = RunRecord(self.run_tag)
         self.pickle = config.serializer == "pickle"
         self._starting = 0
         self._consecutive_start_failures = 0
@@ -502,10 +504,15 @@ class PoolCore:
         self.state = "starting"
         self._drained = None
         self._ready_changed = asyncio.Event()
+        await asyncio.to_thread(reap_leftovers, self.record.directory)
+        self.record.write()
         try:
             await self.launcher.start(self.loop)
+            for pid in self.launcher.pids():
+                self.record.add(pid)
         except BaseException:
             self.state = "closed"
+            self.record.remove()
             raise
         n = self.config.min_size
         need = self.config.min_ready or n
@@ -633,6 +640,10 @@ class PoolCore:
         spec = self._spec(w.id)
         proc = await self.launcher.launch(spec)  # WorkerStartError: e.g. a missing interpreter
         w.proc = proc
+        self.record.add(proc.pid)
+        for helper in self.launcher.pids():  # a template restarted after its death
+            if helper not in self.record.pids:
+                self.record.add(helper)
         self.events.emit("started", w, None)
         w.stdout = OutputTail("stdout", w.id, proc.pid)
         w.stderr = OutputTail("stderr", w.id, proc.pid)
@@ -877,7 +888,7 @@ class PoolCore:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
 
-    async def _check_memory(self, w: WorkerHandle) -> None:
+    def _check_memory(self, w: WorkerHandle) -> None:
         limit = self.config.max_memory
         if limit is None or w.pid is None:
             return
@@ -986,6 +997,7 @@ class PoolCore:
         for w in workers:
             await self.wait_gone(w, 5.0)
         await self.launcher.close()
+        self.record.remove()
         self.state = "closed"
 
     # --- introspection ----------------------------------------------------------------------
@@ -993,10 +1005,12 @@ class PoolCore:
     def stats(self) -> PoolStats:
         with self.lock:
             c = self.counters
-            states = [w.state for w in self.workers.values()]
+            ws = list(self.workers.values())
+            stopping = sum(1 for w in ws if w.state is WState.STOPPING or w.death_cause)
             return PoolStats(
                 state=self.state,
-                workers=sum(1 for s in states if s is not WState.DEAD),
+                workers=sum(1 for w in ws if w.state is not WState.DEAD) - stopping,
+                stopping=stopping,
                 starting=self._starting,
                 ready=len(self.idle),
                 busy=self.leased,

@@ -40,7 +40,8 @@ class PoolStats:
     """An immutable snapshot of a pool. Counters are totals since the pool started."""
 
     state: str  # "starting", "running", "closing", "closed", "broken"
-    workers: int  # live worker processes (starting + ready + busy)
+    workers: int  # worker processes in service or starting (not those being stopped)
+    stopping: int  # failed, retiring or shrinking workers whose exit is pending
     starting: int
     ready: int  # idle and ready for a call
     busy: int

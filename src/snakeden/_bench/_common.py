@@ -22,6 +22,12 @@ WORKER_MODULE: Final = "snakeden._bench.workers"
 HEAVY_MODULE: Final = "snakeden._bench.heavy_import"
 COLDSTART_PRELOAD: Final = ("numpy", HEAVY_MODULE)
 MEMORY_PRELOAD: Final = ("numpy",)
+#: The snakeden worker module for each set of start-up imports (the module imports them itself).
+SNAKEDEN_MODULES: Final[dict[tuple[str, ...], str]] = {
+    (): WORKER_MODULE,
+    MEMORY_PRELOAD: "snakeden._bench.workers_numpy",
+    COLDSTART_PRELOAD: "snakeden._bench.workers_heavy",
+}
 
 #: The environment variable that sets how long ``heavy_import`` burns CPU.
 BURN_ENV: Final = "SNAKEDEN_BENCH_BURN_S"
@@ -156,6 +162,19 @@ def percentile(values: Iterable[float], q: float) -> float:
     return ordered[rank - 1]
 
 
+def check_loaded(answers: Iterable[Any], required: tuple[str, ...]) -> set[int]:
+    """The pids in ``loaded_hold`` answers; ``RuntimeError`` if a worker lacks a module."""
+    pids: set[int] = set()
+    for pid, missing in answers:
+        if missing:
+            raise RuntimeError(
+                f"worker {pid} lacks the start-up imports {missing} (of {list(required)}): "
+                "its figure would not be comparable"
+            )
+        pids.add(int(pid))
+    return pids
+
+
 def wait_for_file(path: str, timeout: float) -> str:
     """Poll until ``path`` exists and return its content; ``TimeoutError`` after ``timeout``."""
     deadline = time.perf_counter() + timeout
@@ -170,22 +189,23 @@ def wait_for_file(path: str, timeout: float) -> str:
 
 
 def pin_caller_and_pool(outcome: Outcome) -> None:
-    """Pin every thread of this process to one CPU and every descendant process to another.
+    """Pin the calling thread to one CPU and every descendant process to another.
 
     One-call-at-a-time round trips are otherwise at the mercy of where the scheduler places the
     two ends: on the same CPU a pipe round trip costs a few microseconds, across CPUs (with a
     cross-CPU wake-up) several times that, and which one a fresh process gets is a coin toss.
     Pinned, every contender pays the same cross-CPU wake-up: the realistic case for a pool.
+    The caller's other threads (a pool's helper threads) stay unpinned, free to run anywhere.
     """
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         outcome.note("not pinned: only one CPU is usable")
         return
     caller_cpu, pool_cpu = cpus[0], cpus[1]
-    _pin_threads(os.getpid(), caller_cpu)
     for child in psutil.Process(os.getpid()).children(recursive=True):
         _pin_threads(child.pid, pool_cpu)
-    outcome.note(f"caller pinned to CPU {caller_cpu}, pool processes to CPU {pool_cpu}")
+    os.sched_setaffinity(0, {caller_cpu})  # this thread only
+    outcome.note(f"calling thread pinned to CPU {caller_cpu}, pool processes to CPU {pool_cpu}")
 
 
 def _pin_threads(pid: int, cpu: int) -> None:

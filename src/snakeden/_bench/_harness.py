@@ -251,7 +251,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "schema": 1,
         "generated": generated.isoformat(),
         "mode": mode,
-        "argv": sys.argv,
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "elapsed_s": time.perf_counter() - started,
         "machine": machine,
         "settings": settings.to_json(),

@@ -43,7 +43,7 @@ class ProcessPoolExecutorHandle(SyncHandle):
             self._ex = cf.ProcessPoolExecutor(self.size)
 
     def close(self) -> None:
-        for proc in list(getattr(self._ex, "_processes", {}).values()):
+        for proc in list((getattr(self._ex, "_processes", None) or {}).values()):
             proc.kill()  # do not wait for calls that sleep for an hour
         self._ex.shutdown(wait=True, cancel_futures=True)
 
@@ -64,7 +64,12 @@ class ProcessPoolExecutorHandle(SyncHandle):
 
 
 class MultiprocessingPoolHandle(SyncHandle):
-    api = {"call": "apply()", "submit": "apply_async()", "map": "map()"}
+    api = {
+        "call": "apply()",
+        "submit": "apply_async()",
+        "map": "map()",
+        "init": "initializer= imports them",
+    }
     start_method: str | None = None  # the platform default
 
     def open(self) -> None:
@@ -104,6 +109,10 @@ class ForkserverPoolHandle(MultiprocessingPoolHandle):
     standard-library user can do for cold start."""
 
     start_method = "forkserver"
+    api = {
+        **MultiprocessingPoolHandle.api,
+        "init": "set_forkserver_preload() imports them once, the initializer finds them loaded",
+    }
 
 
 class LokyHandle(SyncHandle):
@@ -178,7 +187,12 @@ class PebbleHandle(SyncHandle):
 
 
 class MpireHandle(SyncHandle):
-    api = {"call": "apply()", "submit": "apply_async()", "map": "map(chunk_size=...)"}
+    api = {
+        "call": "apply()",
+        "submit": "apply_async()",
+        "map": "map(chunk_size=...)",
+        "init": "worker_init= imports them",
+    }
 
     def open(self) -> None:
         self._mpire = importlib.import_module("mpire")

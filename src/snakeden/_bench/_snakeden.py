@@ -17,11 +17,12 @@ import snakeden
 from snakeden._bench._common import (
     COLDSTART_PRELOAD,
     MEMORY_PRELOAD,
-    WORKER_MODULE,
+    SNAKEDEN_MODULES,
     Context,
     NotApplicable,
     Outcome,
     Settings,
+    check_loaded,
     pin_caller_and_pool,
     record_memory,
 )
@@ -40,12 +41,20 @@ def unavailable() -> str | None:
 
 # -- the blocking front --------------------------------------------------------------------------
 class SnakedenSyncHandle(SyncHandle):
-    api = {"call": "call()", "submit": "submit()", "map": "map()"}
+    api = {
+        "call": "call()",
+        "submit": "submit()",
+        "map": "map()",
+        "init": "the worker module imports them; preload= names them",
+    }
     supports_timeout = True
 
     def open(self) -> None:
         self._pool = snakeden.SyncPool(
-            WORKER_MODULE, size=self.size, start_method=START_METHOD, preload=list(self.preload)
+            SNAKEDEN_MODULES[self.preload],
+            size=self.size,
+            start_method=START_METHOD,
+            preload=list(self.preload),
         )
         self._pool.__enter__()
         self._threads = cf.ThreadPoolExecutor(max_workers=1)
@@ -86,14 +95,21 @@ def run_async(
 
 
 def _pool(size: int, preload: tuple[str, ...] = ()) -> snakeden.Pool:
-    return snakeden.Pool(WORKER_MODULE, size=size, start_method=START_METHOD, preload=list(preload))
+    return snakeden.Pool(
+        SNAKEDEN_MODULES[preload], size=size, start_method=START_METHOD, preload=list(preload)
+    )
 
 
-async def _probe_all(pool: snakeden.Pool, count: int, hold: float) -> set[int]:
+async def _probe_all(
+    pool: snakeden.Pool, count: int, hold: float, required: tuple[str, ...] = ()
+) -> set[int]:
     seen: set[int] = set()
     while len(seen) < count:
-        pids = await asyncio.gather(*(pool.call("pid_hold", hold) for _ in range(count)))
-        seen.update(pids)
+        if required:
+            calls = (pool.call("loaded_hold", hold, list(required)) for _ in range(count))
+            seen |= check_loaded(await asyncio.gather(*calls), required)
+        else:
+            seen.update(await asyncio.gather(*(pool.call("pid_hold", hold) for _ in range(count))))
     return seen
 
 
@@ -169,11 +185,12 @@ async def _run_async(scenario: str, variant: str | None, s: Settings, ctx: Conte
         count = int(variant)
         t0 = time.perf_counter()
         async with _pool(count, COLDSTART_PRELOAD) as pool:
-            await _probe_all(pool, count, s.hold_s)
+            await _probe_all(pool, count, s.hold_s, COLDSTART_PRELOAD)
             out.add("ready_s", time.perf_counter() - t0)
+            out.note("start-up imports: the worker module imports them; preload= names them")
     elif scenario == "memory":
         async with _pool(s.memory_size, MEMORY_PRELOAD) as pool:
-            pids = await _probe_all(pool, s.memory_size, s.hold_s)
+            pids = await _probe_all(pool, s.memory_size, s.hold_s, MEMORY_PRELOAD)
             record_memory(out, pids)
     elif scenario == "kill":
         async with _pool(s.size) as pool:

@@ -21,6 +21,7 @@ from snakeden._bench._common import (
     NotApplicable,
     Outcome,
     Settings,
+    check_loaded,
     pin_caller_and_pool,
     record_memory,
     wait_for_file,
@@ -109,16 +110,23 @@ class SyncHandle(abc.ABC):
         self.close()
 
 
-def probe_all(h: SyncHandle, count: int, hold: float, timeout: float = 600.0) -> set[int]:
-    """Send rounds of ``count`` concurrent ``pid_hold`` calls until ``count`` distinct workers
-    have answered (cumulatively); return their pids."""
+def probe_all(
+    h: SyncHandle, count: int, hold: float, required: tuple[str, ...] = (), timeout: float = 600.0
+) -> set[int]:
+    """Send rounds of ``count`` concurrent calls (each sleeping ``hold``) until ``count`` distinct
+    workers have answered (cumulatively); return their pids. With ``required``, also check that
+    every worker has imported those modules."""
     seen: set[int] = set()
     deadline = time.perf_counter() + timeout
     while len(seen) < count:
         if time.perf_counter() > deadline:
             raise TimeoutError(f"only {len(seen)} of {count} workers answered in {timeout} s")
-        futures = [h.submit("pid_hold", hold) for _ in range(count)]
-        seen.update(f.result(timeout=timeout) for f in futures)
+        if required:
+            futures = [h.submit("loaded_hold", hold, list(required)) for _ in range(count)]
+            seen |= check_loaded((f.result(timeout=timeout) for f in futures), required)
+        else:
+            futures = [h.submit("pid_hold", hold) for _ in range(count)]
+            seen.update(f.result(timeout=timeout) for f in futures)
     return seen
 
 
@@ -207,12 +215,13 @@ def run_scenario(
         count = int(variant)
         t0 = time.perf_counter()
         with h_factory(count, COLDSTART_PRELOAD) as h:
-            probe_all(h, count, s.hold_s)
+            probe_all(h, count, s.hold_s, COLDSTART_PRELOAD)
             out.add("ready_s", time.perf_counter() - t0)
+            out.note(f"start-up imports: {h.api.get('init', 'an initializer imports them')}")
             out.info.update(h.info())
     elif scenario == "memory":
         with h_factory(s.memory_size, MEMORY_PRELOAD) as h:
-            pids = probe_all(h, s.memory_size, s.hold_s)
+            pids = probe_all(h, s.memory_size, s.hold_s, MEMORY_PRELOAD)
             record_memory(out, pids)
             out.info.update(h.info())
     elif scenario == "kill":

@@ -9,6 +9,7 @@ import ctypes
 import ctypes.util
 import importlib
 import os
+import sys
 import time
 from typing import Any
 
@@ -33,6 +34,13 @@ def pid_hold(seconds: float) -> int:
     """Sleep ``seconds`` (so concurrent calls spread over workers), then return the pid."""
     time.sleep(seconds)
     return os.getpid()
+
+
+def loaded_hold(seconds: float, names: list[str]) -> list[Any]:
+    """Like :func:`pid_hold`, and also which of the modules ``names`` this worker lacks:
+    ``[pid, [missing...]]``. Proves the start-up imports really happened in the worker."""
+    time.sleep(seconds)
+    return [os.getpid(), [name for name in names if name not in sys.modules]]
 
 
 def announce_and_sleep(path: str, seconds: float) -> int:

@@ -33,6 +33,11 @@ def pid_hold(seconds: float) -> int:
 
 
 @snakeden.command
+def loaded_hold(seconds: float, names: list[str]) -> list[Any]:
+    return _tasks.loaded_hold(seconds, names)
+
+
+@snakeden.command
 def announce_and_sleep(path: str, seconds: float) -> int:
     return _tasks.announce_and_sleep(path, seconds)
 
