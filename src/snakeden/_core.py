@@ -810,6 +810,8 @@ class PoolCore:
                 self.config.restart_backoff * 2 ** (self._consecutive_start_failures - 1),
             )
         if delay:
+            if replaces is None:
+                self.events.emit_plain("backoff", delay, f"{delay:.3g}s before the next start")
             await asyncio.sleep(delay)
         if self.state not in ("running", "starting") or self.reject is not None:
             return

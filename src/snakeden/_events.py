@@ -31,6 +31,7 @@ EVENT_KINDS = (
     "recycled",  # retired after its replacement became ready (or its limit)
     "replaced",  # its replacement is ready (detail: the new worker's id)
     "shrunk",  # retired for being idle past idle_timeout
+    "backoff",  # (pool-wide) waiting ``duration`` seconds before restarting after failures
 )
 
 
@@ -54,6 +55,15 @@ class EventHub:
             return
         duration = time.perf_counter() - t0 if t0 is not None else None
         event = WorkerEvent(kind, w.id, w.pid, self.clock(), duration, detail)
+        self._deliver(event)
+
+    def emit_plain(self, kind: str, duration: float | None, detail: str) -> None:
+        """An event about the pool rather than one worker (e.g. restart back-off)."""
+        if self.callback is not None:
+            self._deliver(WorkerEvent(kind, "", None, self.clock(), duration, detail))
+
+    def _deliver(self, event: WorkerEvent) -> None:
+        assert self.callback is not None
         try:
             self.callback(event)
         except Exception:
