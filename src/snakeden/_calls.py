@@ -18,8 +18,10 @@ from snakeden._errors import (
     UnknownCommand,
 )
 from snakeden._protocol import (
+    BATCH,
+    BY_REFERENCE,
     HEADER_SIZE,
-    Flag,
+    PICKLE,
     Frame,
     Kind,
     decode_body,
@@ -34,7 +36,7 @@ def command_name(cmd: Command) -> tuple[str, int]:
     if isinstance(cmd, str):
         return cmd, 0
     if callable(cmd):
-        return reference_of(cmd), Flag.BY_REFERENCE
+        return reference_of(cmd), BY_REFERENCE
     raise TypeError(f"a command is a name (str) or a module-level function, not {cmd!r}")
 
 
@@ -50,11 +52,11 @@ def encode_call(
     """``(name, flags, body)`` for a CALL frame. Fails before anything is sent."""
     name, flags = command_name(cmd)
     if pickle:
-        flags |= Flag.PICKLE
+        flags |= PICKLE
     if batch:
-        flags |= Flag.BATCH
+        flags |= BATCH
     try:
-        body = encode_body([name, args, kwargs], flags & Flag.PICKLE)
+        body = encode_body([name, args, kwargs], flags & PICKLE)
     except Exception as exc:
         codec = "pickle" if pickle else "MessagePack"
         hint = (

@@ -22,8 +22,10 @@ from typing import Any
 
 from snakeden import _commands
 from snakeden._protocol import (
+    BATCH,
+    BY_REFERENCE,
     DEFAULT_MAX_FRAME_SIZE,
-    Flag,
+    PICKLE,
     Frame,
     FrameDecoder,
     Kind,
@@ -101,11 +103,11 @@ class _Server:
     def send_error(self, ident: int, flags: int, **fields: Any) -> None:
         body = error_body(**fields)
         try:
-            data = encode_body(body, flags & Flag.PICKLE)
+            data = encode_body(body, flags & PICKLE)
         except Exception:  # pragma: no cover - error bodies are plain strings
             data = encode_body({k: str(v) for k, v in body.items()}, 0)
             flags = 0
-        self.send(Kind.ERROR, ident, data, flags & Flag.PICKLE)
+        self.send(Kind.ERROR, ident, data, flags & PICKLE)
 
     def run(self) -> int:
         decoder = FrameDecoder(self.max_frame_size)
@@ -137,7 +139,7 @@ class _Server:
                     return EXIT_PROTOCOL_ERROR
 
     def handle_call(self, frame: Frame) -> None:
-        flags = frame.flags & Flag.PICKLE
+        flags = frame.flags & PICKLE
         try:
             name, args, kwargs = decode_body(frame)
         except Exception as exc:
@@ -149,7 +151,7 @@ class _Server:
                 message=f"the worker could not decode the call: {exc}",
             )
             return
-        if frame.flags & Flag.BY_REFERENCE:
+        if frame.flags & BY_REFERENCE:
             try:
                 fn = _commands.resolve_reference(name)
             except LookupError as exc:
@@ -176,7 +178,7 @@ class _Server:
                 return
             fn = found
         self.calls += 1
-        if frame.flags & Flag.BATCH:
+        if frame.flags & BATCH:
             results = [self._run_one(fn, a, kwargs) for a in args]
             self._reply(frame.id, flags, results, name)
             return

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import contextlib
 import os
 import signal
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import snakeden
@@ -78,7 +80,7 @@ class SnakedenSyncHandle(SyncHandle):
         return self._threads.submit(lambda: self._pool.call(command, *args, timeout=timeout))
 
     def info(self) -> dict[str, str]:
-        return {"start_method": START_METHOD}
+        return {"start_method": START_METHOD, "pool": repr(self._pool)}
 
 
 def run_sync(
@@ -98,6 +100,13 @@ def _pool(size: int, preload: tuple[str, ...] = ()) -> snakeden.Pool:
     return snakeden.Pool(
         SNAKEDEN_MODULES[preload], size=size, start_method=START_METHOD, preload=list(preload)
     )
+
+
+@contextlib.asynccontextmanager
+async def _described(pool: snakeden.Pool, out: Outcome) -> AsyncIterator[None]:
+    """Record the pool's description (it names the launcher "auto" chose) once done with it."""
+    yield
+    out.info["pool"] = repr(pool)
 
 
 async def _probe_all(
@@ -142,7 +151,7 @@ async def _run_async(scenario: str, variant: str | None, s: Settings, ctx: Conte
     out = Outcome()
     out.info["start_method"] = START_METHOD
     if scenario == "latency":
-        async with _pool(s.size) as pool:
+        async with _pool(s.size) as pool, _described(pool, out):
             await _probe_all(pool, s.size, s.hold_s)  # every worker exists before pinning
             pin_caller_and_pool(out)
             for _ in range(s.warmup_calls):
@@ -153,7 +162,7 @@ async def _run_async(scenario: str, variant: str | None, s: Settings, ctx: Conte
                 out.add("call_s", time.perf_counter() - t0)
             out.note("one call at a time: await call()")
     elif scenario == "throughput":
-        async with _pool(s.size) as pool:
+        async with _pool(s.size) as pool, _described(pool, out):
             n = s.throughput_calls
             await asyncio.gather(*(pool.call("echo", b"x") for _ in range(s.warmup_calls)))
             t0 = time.perf_counter()
@@ -169,7 +178,7 @@ async def _run_async(scenario: str, variant: str | None, s: Settings, ctx: Conte
                 raise RuntimeError(f"map returned {len(results)} results for {n} items")
             out.note(f"bulk: await map() with chunksize={s.chunksize}")
     elif scenario == "payload":
-        async with _pool(s.size) as pool:
+        async with _pool(s.size) as pool, _described(pool, out):
             await _probe_all(pool, s.size, s.hold_s)
             pin_caller_and_pool(out)
             for size, calls in s.payload:
@@ -184,20 +193,20 @@ async def _run_async(scenario: str, variant: str | None, s: Settings, ctx: Conte
         assert variant is not None
         count = int(variant)
         t0 = time.perf_counter()
-        async with _pool(count, COLDSTART_PRELOAD) as pool:
+        async with _pool(count, COLDSTART_PRELOAD) as pool, _described(pool, out):
             await _probe_all(pool, count, s.hold_s, COLDSTART_PRELOAD)
             out.add("ready_s", time.perf_counter() - t0)
             out.note("start-up imports: the worker module imports them; preload= names them")
     elif scenario == "memory":
-        async with _pool(s.memory_size, MEMORY_PRELOAD) as pool:
+        async with _pool(s.memory_size, MEMORY_PRELOAD) as pool, _described(pool, out):
             pids = await _probe_all(pool, s.memory_size, s.hold_s, MEMORY_PRELOAD)
             record_memory(out, pids)
     elif scenario == "kill":
-        async with _pool(s.size) as pool:
+        async with _pool(s.size) as pool, _described(pool, out):
             await _probe_all(pool, s.size, s.hold_s)
             await _kill(pool, s, ctx, out)
     elif scenario == "hang":
-        async with _pool(s.size) as pool:
+        async with _pool(s.size) as pool, _described(pool, out):
             await _probe_all(pool, s.size, s.hold_s)
             await _hang(pool, s, out)
     else:
