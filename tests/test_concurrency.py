@@ -134,3 +134,30 @@ def test_sync_queue_timeout_and_cancelled_future_never_runs() -> None:
                 blocker.result(timeout=60)
             assert pool.call("record", str(log), "after") == "after"
             assert log.read_text().split() == ["after"]
+
+
+def test_pipelining_keeps_results_in_place_and_accounting_right() -> None:
+    async def body() -> None:
+        async with snakeden.Pool(EX, size=2, pipeline=8) as pool:
+            n = 2000
+            results = await asyncio.gather(*(pool.call("add", i, 1) for i in range(n)))
+            assert results == [i + 1 for i in range(n)]
+            s = pool.stats()
+            assert s.calls_ok == n and s.in_flight == 0 and s.busy == 0 and s.ready == 2
+            # A crash fails the calls pipelined on that worker (and only those); the pool heals.
+            calls = [asyncio.create_task(pool.call("work", 100)) for _ in range(20)]
+            with pytest.raises(snakeden.WorkerCrashed):
+                await pool.call("crash", "segfault")
+            outcomes = await asyncio.gather(*calls, return_exceptions=True)
+            assert all(isinstance(o, (str, snakeden.WorkerCrashed)) for o in outcomes)
+            await pool.wait_ready(timeout=60)
+            assert await pool.map("echo", range(100)) == list(range(100))
+            s = pool.stats()
+            assert s.in_flight == 0 and s.workers == 2
+
+    run(body())
+
+
+def test_invalid_pipeline_depth() -> None:
+    with pytest.raises(ValueError, match="pipeline"):
+        snakeden.Pool(EX, pipeline=0)

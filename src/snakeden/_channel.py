@@ -47,6 +47,7 @@ class Channel:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_lost: Callable[[ChannelLost], None] | None = None
         self._wbuf: deque[memoryview] = deque()
+        self._batch: list[bytes | memoryview] | None = None
         self._rbuf = bytearray(_READ_SIZE)
         self._rview = memoryview(self._rbuf)
 
@@ -92,6 +93,23 @@ class Channel:
         """Queue ``data`` for the worker; never blocks the loop."""
         if self.lost is not None:
             return  # the pending futures already carry the loss
+        if self._batch is not None:
+            self._batch.append(data)
+            return
+        if len(self._pending) > 1 and self._loop is not None:
+            # Other requests are in flight (pipelining): gather what this loop iteration sends
+            # into one write, and let the worker read it in one go.
+            self._batch = [data]
+            self._loop.call_soon(self._flush_batch)
+            return
+        self._write(data)
+
+    def _flush_batch(self) -> None:
+        batch, self._batch = self._batch, None
+        if batch and self.lost is None:
+            self._write(b"".join(batch))
+
+    def _write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         if not self._wbuf:
             try:

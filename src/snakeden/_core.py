@@ -94,6 +94,7 @@ class PoolConfig:
     ping_timeout: float = 5.0
     idle_timeout: float | None = None
     min_ready: int | None = None
+    pipeline: int = 1
     restart_backoff: float = 0.05
     restart_backoff_max: float = 5.0
     max_start_failures: int = 5
@@ -119,6 +120,8 @@ class PoolConfig:
             raise ValueError(f"start_method must be auto, fork or spawn: {self.start_method!r}")
         if self.max_queue < 0:
             raise ValueError("max_queue must be >= 0")
+        if self.pipeline < 1:
+            raise ValueError("pipeline must be >= 1")
         if self.min_ready is not None and not 1 <= self.min_ready <= self.min_size:
             raise ValueError(f"min_ready must be between 1 and size ({self.min_size})")
 
@@ -148,6 +151,7 @@ class WorkerHandle:
         self.ready_at: float | None = None
         self.last_used = born
         self.calls = 0
+        self.inflight = 0  # leases held: calls sent and not answered (>1 only with pipelining)
         self.max_calls = max_calls
         self.retiring = False  # stop using once a replacement is ready
         self.must_retire = False  # stop using now (limit reached)
@@ -248,6 +252,8 @@ class PoolCore:
         self.launcher: Launcher = make_launcher(config, self.run_tag)
         self.record = RunRecord(self.run_tag)
         self.pickle = config.serializer == "pickle"
+        # Pipelining needs a channel that multiplexes replies: the asyncio front's.
+        self.depth = 1 if blocking else config.pipeline
         self._starting = 0
         self._consecutive_start_failures = 0
         self._last_start_failure: WorkerStartError | None = None
@@ -265,11 +271,19 @@ class PoolCore:
             if self.reject is not None:
                 self.counters.calls_rejected += 1
                 raise self.reject
-            if self.idle and not self.waiters:
-                w = self.idle.pop()
-                w.state = WState.BUSY
-                self.leased += 1
-                return w
+            if not self.waiters:
+                if self.idle:
+                    w = self.idle.pop()
+                    w.state = WState.BUSY
+                    w.inflight = 1
+                    self.leased += 1
+                    return w
+                if self.depth > 1:
+                    shared = self._least_loaded()
+                    if shared is not None:
+                        shared.inflight += 1
+                        self.leased += 1
+                        return shared
             if len(self.waiters) >= self.config.max_queue:
                 self.counters.calls_rejected += 1
                 raise PoolSaturated(
@@ -282,6 +296,21 @@ class PoolCore:
         if grow:
             self._call_soon(self._grow)
         return waiter
+
+    def _least_loaded(self) -> WorkerHandle | None:
+        """With pipelining: the busy in-service worker with the fewest calls in flight."""
+        best = None
+        for w in self.workers.values():
+            if (
+                w.state is WState.BUSY
+                and w.inflight < self.depth
+                and w.death_cause is None
+                and not w.retiring
+                and not w.must_retire
+                and (best is None or w.inflight < best.inflight)
+            ):
+                best = w
+        return best
 
     def give_up(self, waiter: Waiter) -> WorkerHandle | None:
         """The waiter's caller stopped waiting. Returns a worker it was given meanwhile, if any."""
@@ -330,24 +359,32 @@ class PoolCore:
                 c.call_latency.append(latency)
                 w.calls += 1
             self.leased -= 1
-            close_fds = w.close_on_release
-            w.close_on_release = False
-            if w.state is WState.DEAD or w.death_cause is not None:
+            w.inflight -= 1
+            close_fds = False
+            if w.inflight > 0 and (
+                w.state is WState.DEAD or w.death_cause is not None or w.must_retire
+            ):
+                pass  # other calls still hold this worker; the last one to finish decides
+            elif w.state is WState.DEAD or w.death_cause is not None:
                 # Failed or being stopped: the exit handler replaces it.
+                close_fds = w.close_on_release
+                w.close_on_release = False
                 if w.state is not WState.DEAD:
                     w.state = WState.STOPPING
             elif self._wants_retirement(w):
-                retire = True
-                w.state = WState.STOPPING
+                if w.inflight == 0:
+                    retire = True
+                    w.state = WState.STOPPING
             else:
                 w.last_used = self.clock()
                 while self.waiters:
                     waiter = self.waiters.popleft()
                     if waiter.give(w):
                         give_to = waiter
-                        self.leased += 1  # the lease passes straight to the waiter
+                        w.inflight += 1  # the lease passes straight to the waiter
+                        self.leased += 1
                         break
-                if give_to is None:
+                if give_to is None and w.inflight == 0:
                     w.state = WState.IDLE
                     self.idle.append(w)
             drained = self.leased == 0 and not self.waiters and self._drained is not None
@@ -378,6 +415,8 @@ class PoolCore:
         return w.retiring and w.replacing is not None and w.replacing.state is not WState.STARTING
 
     def _should_grow(self) -> bool:
+        if self.config.upper_size == self.config.min_size:
+            return False  # no max_size: nothing to decide, and this runs for every queued call
         live = sum(1 for w in self.workers.values() if w.state is not WState.DEAD)
         return len(self.waiters) > self._starting and live < self.config.upper_size
 
@@ -631,6 +670,7 @@ class PoolCore:
     def release_new(self, w: WorkerHandle) -> None:
         with self.lock:
             self.leased += 1
+            w.inflight = 1
             w.state = WState.BUSY
         self.release(w, None, 0.0, 0.0)
         if self._ready_changed is not None:
@@ -848,6 +888,7 @@ class PoolCore:
                 self.idle.remove(w)
             if lease:
                 w.state = WState.BUSY
+                w.inflight = 1
                 self.leased += 1
             else:
                 w.state = WState.STOPPING
@@ -1015,7 +1056,8 @@ class PoolCore:
                 stopping=stopping,
                 starting=self._starting,
                 ready=len(self.idle),
-                busy=self.leased,
+                busy=sum(1 for w in ws if w.inflight > 0),
+                in_flight=self.leased,
                 queued=len(self.waiters),
                 calls_ok=c.calls_ok,
                 calls_failed=c.calls_failed,

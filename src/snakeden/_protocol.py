@@ -148,7 +148,9 @@ class FrameDecoder:
                 if stop > end:
                     break
                 _, kind, flags, ident = _HEADER.unpack_from(buf, pos)
-                frames.append(Frame(kind, flags, ident, bytes(buf[pos + HEADER_SIZE : stop])))
+                with memoryview(buf) as view:  # one copy, not slice-then-bytes
+                    body = bytes(view[pos + HEADER_SIZE : stop])
+                frames.append(Frame(kind, flags, ident, body))
                 pos = stop
         except ProtocolViolation:
             self._closed = True

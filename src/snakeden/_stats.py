@@ -44,7 +44,8 @@ class PoolStats:
     stopping: int  # failed, retiring or shrinking workers whose exit is pending
     starting: int
     ready: int  # idle and ready for a call
-    busy: int
+    busy: int  # workers running a call
+    in_flight: int  # calls sent to workers and not yet answered
     queued: int  # callers waiting for a worker
     calls_ok: int
     calls_failed: int  # the command raised, or a bad call

@@ -120,6 +120,15 @@ def metrics(s: Settings) -> list[Metric]:
         ),
         Metric(
             "throughput",
+            "throughput.pipelined",
+            "one call each, all in flight, pipeline=16 (snakeden only)",
+            "calls/s",
+            "higher",
+            pooled_median("pipelined_calls_per_s"),
+            floors,
+        ),
+        Metric(
+            "throughput",
             "throughput.map",
             f"map, chunksize={s.chunksize}",
             "calls/s",

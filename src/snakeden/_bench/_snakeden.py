@@ -96,9 +96,13 @@ def run_async(
     return asyncio.run(_run_async(scenario, variant, s, ctx))
 
 
-def _pool(size: int, preload: tuple[str, ...] = ()) -> snakeden.Pool:
+def _pool(size: int, preload: tuple[str, ...] = (), pipeline: int = 1) -> snakeden.Pool:
     return snakeden.Pool(
-        SNAKEDEN_MODULES[preload], size=size, start_method=START_METHOD, preload=list(preload)
+        SNAKEDEN_MODULES[preload],
+        size=size,
+        start_method=START_METHOD,
+        preload=list(preload),
+        pipeline=pipeline,
     )
 
 
@@ -177,6 +181,12 @@ async def _run_async(scenario: str, variant: str | None, s: Settings, ctx: Conte
             if len(results) != n:
                 raise RuntimeError(f"map returned {len(results)} results for {n} items")
             out.note(f"bulk: await map() with chunksize={s.chunksize}")
+        async with _pool(s.size, pipeline=16) as pool:
+            await asyncio.gather(*(pool.call("echo", b"x") for _ in range(s.warmup_calls)))
+            t0 = time.perf_counter()
+            await asyncio.gather(*(pool.call("echo", b"x") for _ in range(n)))
+            out.add("pipelined_calls_per_s", n / (time.perf_counter() - t0))
+            out.note("pipelined: Pool(pipeline=16), up to 16 calls in flight per worker")
     elif scenario == "payload":
         async with _pool(s.size) as pool, _described(pool, out):
             await _probe_all(pool, s.size, s.hold_s)
