@@ -232,8 +232,8 @@ class ForkLauncher:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(wp.pid, signal.SIGKILL)
             wp.set_exited(-signal.SIGKILL)
-        task = self.loop.create_task(self._report_template_exit())
-        self._background = task
+        if not self._closed:
+            self._background = self.loop.create_task(self._report_template_exit())
 
     async def _report_template_exit(self) -> None:
         # End-of-file on the socket can arrive before the exit status: wait for the latter.
@@ -325,6 +325,9 @@ class ForkLauncher:
 
     async def close(self) -> None:
         self._closed = True
+        if self._background is not None and not self._background.done():
+            with contextlib.suppress(Exception):
+                await self._background
         if self.sock is not None:
             with contextlib.suppress(OSError):
                 self.sock.send(msgpack.packb({"op": "shutdown"}))
