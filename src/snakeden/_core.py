@@ -255,6 +255,7 @@ class PoolCore:
         # Pipelining needs a channel that multiplexes replies: the asyncio front's.
         self.depth = 1 if blocking else config.pipeline
         self._starting = 0
+        self._scheduled = 0  # replacements scheduled whose worker does not exist yet
         self._consecutive_start_failures = 0
         self._last_start_failure: WorkerStartError | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -805,8 +806,8 @@ class PoolCore:
         if close_now:
             w.proc.close_fds()
         cause = w.death_cause
-        if prior is WState.STARTING and w.ready_at is None:
-            return  # a start failure; _start_worker reports it
+        if w.ready_at is None:
+            return  # it never became ready: a start failure, which _start_worker handles
         self.workers.pop(w.id, None)
         if cause == "retired" or self.state in ("closing", "closed"):
             return
@@ -830,7 +831,9 @@ class PoolCore:
                 and not w.retiring
                 and not w.must_retire
             ]
-            missing = self.config.min_size - len(active)
+            # Replacements scheduled but still backing off count too, or every call here during
+            # a back-off would schedule another one.
+            missing = self.config.min_size - len(active) - self._scheduled
             retiring = [
                 w
                 for w in self.workers.values()
@@ -838,31 +841,47 @@ class PoolCore:
                 and w.replacing is None
                 and w.state is not WState.DEAD
             ]
+            self._scheduled += max(0, missing)
         for i in range(max(0, missing)):
             replaces = retiring[i] if i < len(retiring) else None
             self._spawn_task(self._replacement(replaces))
 
     async def _replacement(self, replaces: WorkerHandle | None) -> None:
-        delay = 0.0
-        if self._consecutive_start_failures:
-            delay = min(
-                self.config.restart_backoff_max,
-                self.config.restart_backoff * 2 ** (self._consecutive_start_failures - 1),
-            )
-        if delay:
-            if replaces is None:
-                self.events.emit_plain("backoff", delay, f"{delay:.3g}s before the next start")
-            await asyncio.sleep(delay)
-        if self.state not in ("running", "starting") or self.reject is not None:
-            return
-        if replaces is not None:
-            self.counters.recycled += 1
+        scheduled = True
+
+        def unschedule() -> None:
+            nonlocal scheduled
+            if scheduled:
+                scheduled = False
+                with self.lock:
+                    self._scheduled -= 1
+
         try:
-            await self._start_worker(replaces=replaces)
-        except WorkerStartError as exc:
-            log.warning("replacement worker failed to start: %s", exc)
-            if self.reject is None:
-                self._ensure_capacity()
+            delay = 0.0
+            if self._consecutive_start_failures:
+                delay = min(
+                    self.config.restart_backoff_max,
+                    self.config.restart_backoff * 2 ** (self._consecutive_start_failures - 1),
+                )
+            if delay:
+                if replaces is None:
+                    self.events.emit_plain("backoff", delay, f"{delay:.3g}s before the next start")
+                await asyncio.sleep(delay)
+            if self.state not in ("running", "starting") or self.reject is not None:
+                return
+            if replaces is not None:
+                self.counters.recycled += 1
+            # _start_worker registers the new worker before it first yields: no gap in which
+            # the pool would count neither it nor this scheduled start.
+            unschedule()
+            try:
+                await self._start_worker(replaces=replaces)
+            except WorkerStartError as exc:
+                log.warning("replacement worker failed to start: %s", exc)
+                if self.reject is None:
+                    self._ensure_capacity()
+        finally:
+            unschedule()
 
     def _grow(self) -> None:
         with self.lock:
