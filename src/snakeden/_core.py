@@ -156,6 +156,7 @@ class WorkerHandle:
         self.retiring = False  # stop using once a replacement is ready
         self.must_retire = False  # stop using now (limit reached)
         self.replacing: WorkerHandle | None = None
+        self.replacement_scheduled = False
         self.next_memory_check = 0.0
         self.commands: tuple[str, ...] = ()
         self.death_cause: str | None = None
@@ -262,6 +263,8 @@ class PoolCore:
         self._drained: asyncio.Event | None = None
         self._ready_changed: asyncio.Event | None = None
         self._maintenance: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None
+        self._broken: PoolBroken | None = None
         self._python = config.python
 
     # --- hot path: checkout and return -------------------------------------------------------
@@ -313,7 +316,7 @@ class PoolCore:
                 best = w
         return best
 
-    def give_up(self, waiter: Waiter) -> WorkerHandle | None:
+    def give_up(self, waiter: Waiter, *, cancelled: bool = False) -> WorkerHandle | None:
         """The waiter's caller stopped waiting. Returns a worker it was given meanwhile, if any."""
         with self.lock:
             if isinstance(waiter, ThreadWaiter):
@@ -332,7 +335,13 @@ class PoolCore:
             if got is None:
                 with contextlib.suppress(ValueError):
                     self.waiters.remove(waiter)
-                self.counters.calls_rejected += 1
+                if cancelled:
+                    self.counters.calls_cancelled += 1
+                else:
+                    self.counters.calls_rejected += 1
+            drained = self.leased == 0 and not self.waiters and self._drained is not None
+        if drained:
+            self._call_soon(self._set_drained)
         return got
 
     def queue_timeout_error(self, waited: float) -> QueueTimeout:
@@ -356,6 +365,8 @@ class PoolCore:
                     c.calls_timed_out += 1
                 elif outcome == "crashed":
                     c.calls_crashed += 1
+                elif outcome == "cancelled":
+                    c.calls_cancelled += 1
                 c.checkout_wait.append(wait)
                 c.call_latency.append(latency)
                 w.calls += 1
@@ -377,7 +388,8 @@ class PoolCore:
                     retire = True
                     w.state = WState.STOPPING
             else:
-                w.last_used = self.clock()
+                if outcome is not None:  # a health ping is not use: it must not block shrinking
+                    w.last_used = self.clock()
                 while self.waiters:
                     waiter = self.waiters.popleft()
                     if waiter.give(w):
@@ -405,7 +417,10 @@ class PoolCore:
 
     def _wants_retirement(self, w: WorkerHandle) -> bool:
         if w.max_calls is not None:
-            if w.calls >= w.max_calls:
+            replacement_ready = w.replacing is not None and w.replacing.state is not WState.STARTING
+            # Past the limit, keep serving until the replacement is warm (capacity never dips),
+            # but never past twice the limit.
+            if w.calls >= w.max_calls and (replacement_ready or w.calls >= 2 * w.max_calls):
                 w.must_retire = True
             elif w.calls == w.max_calls - 1 and not w.retiring:
                 # Start the replacement now, so it is warm when this worker's last call ends.
@@ -418,8 +433,11 @@ class PoolCore:
     def _should_grow(self) -> bool:
         if self.config.upper_size == self.config.min_size:
             return False  # no max_size: nothing to decide, and this runs for every queued call
-        live = sum(1 for w in self.workers.values() if w.state is not WState.DEAD)
-        return len(self.waiters) > self._starting and live < self.config.upper_size
+        live = self._scheduled + sum(
+            1 for w in self.workers.values() if w.state not in (WState.DEAD, WState.STOPPING)
+        )
+        starting = self._starting + self._scheduled
+        return len(self.waiters) > starting and live < self.config.upper_size
 
     # --- async-front helpers -----------------------------------------------------------------
 
@@ -438,7 +456,7 @@ class PoolCore:
             self.give_up(got)
             raise self.queue_timeout_error(time.perf_counter() - t0) from None
         except asyncio.CancelledError:
-            late = self.give_up(got)
+            late = self.give_up(got, cancelled=True)
             if late is not None:
                 self.release(late, None, 0.0, 0.0)
             raise
@@ -456,7 +474,7 @@ class PoolCore:
         try:
             signalled = got.event.wait(queue_timeout)
         except BaseException:
-            late = self.give_up(got)
+            late = self.give_up(got, cancelled=True)
             if late is not None:
                 self.release(late, None, 0.0, 0.0)
             raise
@@ -492,6 +510,12 @@ class PoolCore:
             head = (
                 f"worker {w.id} (pid {w.pid}) broke the protocol while running {command!r}: "
                 f"{lost.cause}; it was killed and is being replaced"
+            )
+        elif w.death_cause == "closed":
+            cls = WorkerCrashed
+            head = (
+                f"worker {w.id} (pid {w.pid}) was stopped by close() while running {command!r} "
+                f"(the drain timeout passed): {what}"
             )
         else:
             cls = WorkerCrashed
@@ -758,10 +782,12 @@ class PoolCore:
         err.__cause__ = cause
         log.error("%s", err)
         with self.lock:
-            if self.reject is None:
+            if self.reject is None or self.state == "closing":
                 self.reject = err
+            self._broken = err
             waiters, self.waiters = list(self.waiters), deque()
-        self.state = "broken"
+        if self.state != "closing":
+            self.state = "broken"
         for waiter in waiters:
             waiter.fail(err)
         if self._ready_changed is not None:
@@ -770,10 +796,12 @@ class PoolCore:
     def _on_channel_lost(self, w: WorkerHandle, lost: ChannelLost) -> None:
         # EOF usually means the process is exiting; anything else (garbage, an oversized frame)
         # means the channel cannot be trusted again: kill it either way.
+        with self.lock:
+            if w.death_cause is None:
+                w.death_cause = (
+                    f"protocol error: {lost.cause}" if lost.cause is not None else "channel lost"
+                )
         if w.proc is not None and not w.proc.exited:
-            if lost.cause is not None:
-                with self.lock:
-                    w.death_cause = w.death_cause or f"protocol error: {lost.cause}"
             w.proc.kill(signal.SIGKILL)
 
     def _on_exit(self, w: WorkerHandle) -> None:
@@ -809,10 +837,18 @@ class PoolCore:
         if w.ready_at is None:
             return  # it never became ready: a start failure, which _start_worker handles
         self.workers.pop(w.id, None)
-        if cause == "retired" or self.state in ("closing", "closed"):
+        # Whatever it started in its process group goes with it (a worker that died on its own
+        # did not get the chance to clean up).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(w.proc.pid, signal.SIGKILL)
+        self.record.discard(w.proc.pid)
+        if cause == "retired" or self.state in ("stopping", "closed"):
             return
+        if self.state == "closing" and not self.waiters:
+            return  # draining with nobody waiting: no replacement needed
         kind = "timed_out" if cause == "timeout" else "crashed"
-        self.events.emit(kind, w, None, detail=cause or describe_exit(w.proc.returncode))
+        detail = describe_exit(w.proc.returncode)
+        self.events.emit(kind, w, None, detail=f"{cause}: {detail}" if cause else detail)
         if was_idle:
             log.warning("idle worker %s died: %s", w.id, describe_exit(w.proc.returncode))
         self.counters.restarts += 1
@@ -820,7 +856,7 @@ class PoolCore:
 
     def _ensure_capacity(self) -> None:
         """Start workers until the pool has ``size`` that are not retiring. Loop only."""
-        if self.state not in ("running", "starting") or self.reject is not None:
+        if not self._may_start():
             return
         with self.lock:
             active = [
@@ -838,12 +874,15 @@ class PoolCore:
                 w
                 for w in self.workers.values()
                 if (w.retiring or w.must_retire)
-                and w.replacing is None
+                and not w.replacement_scheduled
                 and w.state is not WState.DEAD
             ]
             self._scheduled += max(0, missing)
-        for i in range(max(0, missing)):
-            replaces = retiring[i] if i < len(retiring) else None
+            pairs = [retiring[i] if i < len(retiring) else None for i in range(max(0, missing))]
+            for old in pairs:
+                if old is not None:
+                    old.replacement_scheduled = True  # one replacement per retiring worker
+        for replaces in pairs:
             self._spawn_task(self._replacement(replaces))
 
     async def _replacement(self, replaces: WorkerHandle | None) -> None:
@@ -867,10 +906,8 @@ class PoolCore:
                 if replaces is None:
                     self.events.emit_plain("backoff", delay, f"{delay:.3g}s before the next start")
                 await asyncio.sleep(delay)
-            if self.state not in ("running", "starting") or self.reject is not None:
+            if not self._may_start():
                 return
-            if replaces is not None:
-                self.counters.recycled += 1
             # _start_worker registers the new worker before it first yields: no gap in which
             # the pool would count neither it nor this scheduled start.
             unschedule()
@@ -878,22 +915,25 @@ class PoolCore:
                 await self._start_worker(replaces=replaces)
             except WorkerStartError as exc:
                 log.warning("replacement worker failed to start: %s", exc)
-                if self.reject is None:
-                    self._ensure_capacity()
+                if replaces is not None:
+                    replaces.replacement_scheduled = False  # let the next attempt pair with it
+                self._ensure_capacity()
         finally:
             unschedule()
 
+    def _may_start(self) -> bool:
+        """Start workers while running, and while closing if callers still wait to be served."""
+        if self.state in ("running", "starting"):
+            return self.reject is None
+        return self.state == "closing" and bool(self.waiters) and self._broken is None
+
     def _grow(self) -> None:
         with self.lock:
-            grow = self._should_grow()
-        if grow and self.state == "running":
-            self._spawn_task(self._grow_one())
-
-    async def _grow_one(self) -> None:
-        try:
-            await self._start_worker()
-        except WorkerStartError as exc:
-            log.warning("growing the pool failed: %s", exc)
+            grow = self._should_grow() and self.state == "running"
+            if grow:
+                self._scheduled += 1
+        if grow:
+            self._spawn_task(self._replacement(None))
 
     def _take_idle_and(
         self, w: WorkerHandle, fn: Callable[[WorkerHandle], Any], *, lease: bool = False
@@ -915,9 +955,10 @@ class PoolCore:
         return True
 
     def _retire(self, w: WorkerHandle) -> None:
-        """Stop a worker nobody is using (recycled or shrunk) gracefully."""
+        """Stop a worker nobody is using (recycled) gracefully."""
         with self.lock:
             w.death_cause = "retired"
+            self.counters.recycled += 1
         self.events.emit("recycled", w, None, detail=f"after {w.calls} calls")
         self._spawn_task(self._stop_worker(w))
         self._ensure_capacity()
@@ -927,6 +968,8 @@ class PoolCore:
         proc = w.proc
         if proc is None or proc.exited:
             return
+        with self.lock:
+            w.death_cause = w.death_cause or "closed"
         if w.channel is not None and w.channel.lost is None:
             data = encode_frame(Kind.SHUTDOWN)
             try:
@@ -957,11 +1000,12 @@ class PoolCore:
         w.next_memory_check = self.clock() + self.config.memory_check_interval
         used = _uss(w.pid)
         if used is not None and used > limit:
-            with self.lock:
-                w.retiring = True
-                w.must_retire = True
             self.events.emit("over_memory", w, None, detail=f"uss={used} limit={limit}")
-            self._take_idle_and(w, self._retire)
+            with self.lock:
+                w.retiring = True  # serve on while the replacement warms...
+                w.must_retire = used > 1.5 * limit  # ...unless far over the limit
+            if w.must_retire:
+                self._take_idle_and(w, self._retire)
             self._ensure_capacity()
 
     async def _maintain(self) -> None:
@@ -1031,7 +1075,14 @@ class PoolCore:
     # --- shutdown ---------------------------------------------------------------------------
 
     async def aclose(self, *, cancel_pending: bool = False, timeout: float | None = None) -> None:
-        """Drain (or fail) pending calls, stop every worker, leave no process behind."""
+        """Drain (or fail) pending calls, stop every worker, leave no process behind.
+
+        Concurrent calls share one close: the later ones wait for the first to finish."""
+        if self._closing is None:
+            self._closing = self.loop.create_task(self._aclose(cancel_pending, timeout))
+        await asyncio.shield(self._closing)
+
+    async def _aclose(self, cancel_pending: bool, timeout: float | None) -> None:
         if self.state == "closed":
             return
         prior = self.state
@@ -1049,6 +1100,11 @@ class PoolCore:
         if busy:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drained.wait(), timeout)
+        with self.lock:
+            self.state = "stopping"  # no more replacements, even for waiters
+            left, self.waiters = list(self.waiters), deque()
+        for waiter in left:
+            waiter.fail(PoolClosed("the pool was closed (drain timeout) before a worker was free"))
         if self._maintenance is not None:
             self._maintenance.cancel()
         for task in list(self._tasks):
@@ -1083,6 +1139,7 @@ class PoolCore:
                 calls_timed_out=c.calls_timed_out,
                 calls_crashed=c.calls_crashed,
                 calls_rejected=c.calls_rejected,
+                calls_cancelled=c.calls_cancelled,
                 restarts=c.restarts,
                 recycled=c.recycled,
                 start_failures=c.start_failures,

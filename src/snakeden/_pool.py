@@ -138,7 +138,11 @@ class Pool:
         except asyncio.CancelledError:
             if timer is not None:
                 timer.cancel()
-            self._abandon(w, ident)
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                # The reply was already in: the worker is free, only the caller went away.
+                core.release(w, "cancelled", waited, time.perf_counter() - t1)
+            else:
+                self._abandon(w, ident, waited, time.perf_counter() - t1)
             raise
         except _Expired:
             channel.forget(ident)
@@ -152,8 +156,10 @@ class Pool:
             if timer is not None:
                 timer.cancel()
             core.worker_failed(w, "crash")
-            await core.wait_gone(w)
-            core.release(w, "crashed", waited, time.perf_counter() - t1)
+            try:
+                await core.wait_gone(w)  # for the exit status and the last stderr lines
+            finally:
+                core.release(w, "crashed", waited, time.perf_counter() - t1)
             raise core.crash_error(w, lost, name) from None
         if timer is not None:
             timer.cancel()
@@ -171,13 +177,14 @@ class Pool:
         core.release(w, "ok", waited, time.perf_counter() - t1)
         return result
 
-    def _abandon(self, w: WorkerHandle, ident: int) -> None:
+    def _abandon(self, w: WorkerHandle, ident: int, waited: float, ran: float) -> None:
         """The caller was cancelled mid-call: tell the worker, reclaim it when it answers."""
         core = self._running()
         channel = w.channel
         assert channel is not None
         if channel.lost is not None:
-            core.release(w, None, 0.0, 0.0)
+            core.worker_failed(w, "channel lost")  # never hand a dead worker to anyone
+            core.release(w, "cancelled", waited, ran)
             return
         drain = channel.expect(ident)
         channel.send(encode_frame(Kind.CANCEL, ident))
@@ -187,9 +194,9 @@ class Pool:
 
         def done(f: asyncio.Future[Any]) -> None:
             kill.cancel()
-            if not f.cancelled() and f.exception() is not None:
+            if f.cancelled() or f.exception() is not None:
                 core.worker_failed(w, "crash")
-            core.release(w, None, 0.0, 0.0)
+            core.release(w, "cancelled", waited, ran)
 
         drain.add_done_callback(done)
 

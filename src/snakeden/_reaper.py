@@ -71,6 +71,12 @@ class RunRecord:
         self.pids.add(pid)
         self.write()
 
+    def discard(self, pid: int) -> None:
+        """Forget an exited process, so the record stays as small as the live pool."""
+        if pid in self.pids:
+            self.pids.discard(pid)
+            self.write()
+
     def remove(self) -> None:
         with contextlib.suppress(OSError):
             self.path.unlink()

@@ -52,6 +52,7 @@ class PoolStats:
     calls_timed_out: int
     calls_crashed: int  # the worker died (or broke the protocol) during the call
     calls_rejected: int  # saturated, queue timeout, closed, broken: never sent
+    calls_cancelled: int  # the caller was cancelled while its call ran
     restarts: int  # workers started to replace one that died, timed out or was recycled
     recycled: int
     start_failures: int
@@ -64,6 +65,7 @@ class Counters:
 
     __slots__ = (
         "call_latency",
+        "calls_cancelled",
         "calls_crashed",
         "calls_failed",
         "calls_ok",
@@ -81,6 +83,7 @@ class Counters:
         self.calls_timed_out = 0
         self.calls_crashed = 0
         self.calls_rejected = 0
+        self.calls_cancelled = 0
         self.restarts = 0
         self.recycled = 0
         self.start_failures = 0

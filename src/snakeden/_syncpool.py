@@ -114,8 +114,10 @@ class SyncPool(cf.Executor):
             ) from None
         except ChannelLost as lost:
             core.worker_failed(w, "crash")
-            w.gone.wait(5.0)
-            core.release(w, "crashed", waited, time.perf_counter() - t1)
+            try:
+                w.gone.wait(5.0)  # for the exit status and the last stderr lines
+            finally:
+                core.release(w, "crashed", waited, time.perf_counter() - t1)
             raise core.crash_error(w, lost, name) from None
         except BaseException:
             # Interrupted mid-call (e.g. KeyboardInterrupt): the worker's state is unknown.
@@ -180,7 +182,10 @@ class SyncPool(cf.Executor):
                 self._submitted -= 1
             if not fut.set_running_or_notify_cancel():
                 continue
-            remaining = None if qt is None else max(0.0, qt - (time.monotonic() - queued_at))
+            remaining = None if qt is None else qt - (time.monotonic() - queued_at)
+            if remaining is not None and remaining <= 0:
+                fut.set_exception(self._core.queue_timeout_error(qt or 0.0))
+                continue
             try:
                 result = self.call_with(cmd, args, kwargs, batch=batch, queue_timeout=remaining)
             except BaseException as exc:
