@@ -174,7 +174,7 @@ def test_health_check_replaces_a_stopped_worker_but_not_a_busy_one() -> None:
 def test_recycling_by_calls_under_load_loses_no_call() -> None:
     rec = Recorder()
 
-    async def body() -> int:
+    async def body() -> snakeden.Pool:
         async with snakeden.Pool(LC, size=2, max_calls=10, on_event=rec) as pool:
             results = await asyncio.gather(*(pool.call("echo", i) for i in range(300)))
             assert results == list(range(300))
@@ -185,10 +185,10 @@ def test_recycling_by_calls_under_load_loses_no_call() -> None:
             assert s.recycled >= 350 // (2 * 11) - 2
             assert len(set(pids)) >= 2
 
-        return s.recycled
+        return pool
 
-    recycled = run(body())
-    assert rec.count("recycled") == recycled  # one event per retired worker
+    pool = run(body())
+    assert rec.count("recycled") == pool.stats().recycled  # one event per retired worker
 
 
 def test_sync_recycling_by_calls_loses_no_call() -> None:
@@ -244,5 +244,65 @@ def test_grows_under_load_and_shrinks_when_idle() -> None:
                 assert await pool.call("echo", 5) == 5
                 for f in flags:
                     f.close()
+
+    run(body())
+
+
+def test_worker_count_stays_at_size_after_every_worker_dies_at_once() -> None:
+    rec = Recorder()
+
+    async def body() -> None:
+        async with snakeden.Pool(LC, size=4, on_event=rec) as pool:
+            for pid in pool.worker_pids():
+                os.kill(pid, signal.SIGKILL)
+            await rec.wait_count_async("ready", 8)
+            await pool.wait_ready(timeout=60)
+            assert await asyncio.gather(*(pool.call("echo", i) for i in range(40))) == list(
+                range(40)
+            )
+            s = pool.stats()
+            assert (s.workers, s.ready, s.restarts) == (4, 4, 4)
+            assert len(pool.worker_pids()) == 4
+
+    run(body())
+
+
+def test_worker_count_is_stable_over_age_recycling_cycles() -> None:
+    rec = Recorder()
+
+    async def body() -> None:
+        async with snakeden.Pool(LC, size=3, max_age=0.2, health_interval=None, on_event=rec) as p:
+            await rec.wait_count_async("recycled", 9)  # three full generations
+            assert p.stats().workers == 3
+            assert len(p.worker_pids()) <= 6  # retired ones may still be exiting
+
+    run(body())
+    assert rec.count("started") <= rec.count("recycled") + 3 + 3
+
+
+def test_shrinks_even_with_health_pings_running() -> None:
+    rec = Recorder()
+
+    async def body() -> None:
+        async with snakeden.Pool(
+            LC, size=1, max_size=3, idle_timeout=0.5, health_interval=0.1, on_event=rec
+        ) as pool:
+            await asyncio.gather(*(pool.call("nap", 0.3) for _ in range(6)))
+            await rec.wait_count_async("shrunk", 2)
+            assert pool.stats().workers == 1
+
+    run(body())
+
+
+def test_close_serves_queued_calls_even_if_a_worker_dies_meanwhile() -> None:
+    async def body() -> None:
+        pool = await snakeden.Pool("snakeden.examples", size=1).start()
+        crashing = asyncio.create_task(pool.call("crash", "os_exit"))
+        queued = asyncio.create_task(pool.call("add", 2, 2))
+        await asyncio.sleep(0)
+        await asyncio.wait_for(asyncio.gather(pool.close(), pool.close()), 60)
+        with pytest.raises(snakeden.WorkerCrashed, match="exited with code 7"):
+            await crashing
+        assert await queued == 4  # a replacement served it during the drain
 
     run(body())
