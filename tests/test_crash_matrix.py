@@ -212,3 +212,37 @@ def test_idle_worker_killed_is_replaced_without_any_call_failing() -> None:
             assert pool.stats().calls_crashed == 0
 
     run(body())
+
+
+@pytest.mark.parametrize("kind", ["short", "oversized"])
+@pytest.mark.parametrize("front", ["async", "sync"])
+def test_garbage_from_a_worker_is_a_protocol_error_and_the_pool_heals(
+    kind: str, front: str
+) -> None:
+    if front == "async":
+
+        async def body() -> None:
+            async with snakeden.Pool(FAULT_MODULE, size=2) as pool:
+                with pytest.raises(snakeden.ProtocolError, match="broke the protocol"):
+                    await pool.call("garbage", kind, timeout=60)
+                await pool.wait_ready(timeout=60)
+                assert await pool.map("echo", range(10)) == list(range(10))
+
+        run(body())
+    else:
+        with snakeden.SyncPool(FAULT_MODULE, size=2) as pool:
+            with pytest.raises(snakeden.ProtocolError, match="broke the protocol"):
+                pool.call("garbage", kind, timeout=60)
+            pool.wait_ready(timeout=60)
+            assert list(pool.map("echo", range(10))) == list(range(10))
+
+
+def test_an_error_too_large_for_a_frame_is_still_reported() -> None:
+    async def body() -> None:
+        async with snakeden.Pool(FAULT_MODULE, size=1, max_frame_size=64 * 1024) as pool:
+            pid = await pool.call("getpid")
+            with pytest.raises(snakeden.RemoteError, match="ValueError"):
+                await pool.call("huge_error", 1_000_000)
+            assert await pool.call("getpid") == pid  # the worker was not killed for it
+
+    run(body())

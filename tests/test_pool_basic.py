@@ -190,3 +190,19 @@ def test_invalid_configuration_is_rejected_up_front() -> None:
         snakeden.Pool(EX, size=4, max_size=2)
     with pytest.raises(TypeError):
         snakeden.Pool(EX, sizee=4)
+
+
+def test_batched_map_runs_each_item_exactly_once_even_when_one_fails(tmp_path: object) -> None:
+    import pathlib
+
+    log = pathlib.Path(str(tmp_path), "log")
+
+    async def body() -> None:
+        async with snakeden.Pool("tests.workers.faults", size=1) as pool:
+            items = [(str(log), f"t{i}") for i in range(10)]
+            items[4] = (str(log), 4)  # type: ignore[assignment]  # fails inside the command
+            with pytest.raises(snakeden.RemoteError, match="TypeError"):
+                await pool.map("record", items, star=True, chunksize=10)
+
+    run(body())
+    assert log.read_text().split() == [f"t{i}" for i in range(10) if i != 4]

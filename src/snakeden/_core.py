@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from snakeden._calls import decode_reply, unpack_batch
 from snakeden._channel import Channel, ChannelLost
 from snakeden._errors import (
     PoolBroken,
@@ -487,6 +488,24 @@ class PoolCore:
             return late, time.perf_counter() - t0
         assert got.worker is not None
         return got.worker, time.perf_counter() - t0
+
+    def finish_call(
+        self, w: WorkerHandle, frame: Frame, name: str, *, batch: bool, waited: float, t1: float
+    ) -> Any:
+        """Decode a reply, return the worker (counting the outcome), and return or raise."""
+        try:
+            result = decode_reply(frame, name)
+            if batch:
+                result = unpack_batch(result, name)
+        except ProtocolError:
+            self.worker_failed(w, "protocol error")
+            self.release(w, "crashed", waited, time.perf_counter() - t1)
+            raise
+        except BaseException:
+            self.release(w, "failed", waited, time.perf_counter() - t1)
+            raise
+        self.release(w, "ok", waited, time.perf_counter() - t1)
+        return result
 
     # --- failures seen by callers ----------------------------------------------------------
 

@@ -13,10 +13,10 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from snakeden._calls import Command, decode_reply, encode_call, unpack_batch
+from snakeden._calls import Command, encode_call
 from snakeden._channel import ChannelLost
 from snakeden._core import PoolConfig, PoolCore, WorkerHandle
-from snakeden._errors import CallTimeout, PoolClosed, ProtocolError
+from snakeden._errors import CallTimeout, PoolClosed
 from snakeden._protocol import Kind, encode_frame, encode_header
 from snakeden._stats import PoolStats
 
@@ -163,19 +163,7 @@ class Pool:
             raise core.crash_error(w, lost, name) from None
         if timer is not None:
             timer.cancel()
-        try:
-            result = decode_reply(frame, name)
-            if batch:
-                result = unpack_batch(result, name)
-        except ProtocolError:
-            core.worker_failed(w, "protocol error")
-            core.release(w, "crashed", waited, time.perf_counter() - t1)
-            raise
-        except BaseException:
-            core.release(w, "failed", waited, time.perf_counter() - t1)
-            raise
-        core.release(w, "ok", waited, time.perf_counter() - t1)
-        return result
+        return core.finish_call(w, frame, name, batch=batch, waited=waited, t1=t1)
 
     def _abandon(self, w: WorkerHandle, ident: int, waited: float, ran: float) -> None:
         """The caller was cancelled mid-call: tell the worker, reclaim it when it answers."""

@@ -18,10 +18,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from snakeden._calls import Command, decode_reply, encode_call, unpack_batch
+from snakeden._calls import Command, encode_call
 from snakeden._channel import ChannelLost
 from snakeden._core import PoolCore
-from snakeden._errors import CallTimeout, PoolClosed, PoolSaturated, ProtocolError
+from snakeden._errors import CallTimeout, PoolClosed, PoolSaturated
 from snakeden._pool import _UNSET, describe, make_config
 from snakeden._protocol import Kind, encode_header
 from snakeden._stats import PoolStats
@@ -124,19 +124,7 @@ class SyncPool(cf.Executor):
             core.worker_failed(w, "interrupted")
             core.release(w, None, waited, time.perf_counter() - t1)
             raise
-        try:
-            result = decode_reply(frame, name)
-            if batch:
-                result = unpack_batch(result, name)
-        except ProtocolError:
-            core.worker_failed(w, "protocol error")
-            core.release(w, "crashed", waited, time.perf_counter() - t1)
-            raise
-        except BaseException:
-            core.release(w, "failed", waited, time.perf_counter() - t1)
-            raise
-        core.release(w, "ok", waited, time.perf_counter() - t1)
-        return result
+        return core.finish_call(w, frame, name, batch=batch, waited=waited, t1=t1)
 
     # --- Executor -----------------------------------------------------------------------------
 

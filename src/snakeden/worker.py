@@ -179,8 +179,7 @@ class _Server:
             fn = found
         self.calls += 1
         if frame.flags & BATCH:
-            results = [self._run_one(fn, a, kwargs) for a in args]
-            self._reply(frame.id, flags, results, name)
+            self._reply(frame.id, flags, self._run_batch(fn, args, kwargs), name)
             return
         try:
             result = self._invoke(fn, args, kwargs)
@@ -188,6 +187,25 @@ class _Server:
             self._send_exception(frame.id, flags, exc, name)
             return
         self._reply(frame.id, flags, result, name)
+
+    def _run_batch(self, fn: Callable[..., Any], batch: Any, kwargs: Any) -> list[Any]:
+        # One tight loop; each item runs exactly once and gets its own outcome.
+        results: list[Any] = []
+        append = results.append
+        isawaitable = inspect.isawaitable
+        i = 0
+        while i < len(batch):
+            try:
+                for args in batch[i:]:
+                    value = fn(*args, **kwargs)
+                    if isawaitable(value):
+                        value = self._await(value)
+                    append([True, value])
+                    i += 1
+            except Exception as exc:
+                append([False, self._exception_body(self._as_bad_call(exc), fn.__name__)])
+                i += 1
+        return results
 
     def _run_one(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> list[Any]:
         try:
@@ -199,24 +217,42 @@ class _Server:
         try:
             bound = fn(*args, **kwargs)
         except TypeError as exc:
-            # A TypeError raised while binding (not inside the command) is the caller's mistake.
-            if exc.__traceback__ is not None and exc.__traceback__.tb_next is None:
-                raise _BadCall(str(exc)) from None
-            raise
+            raise self._as_bad_call(exc) from None
         if inspect.isawaitable(bound):
-            if self._loop is None:
-                self._loop = asyncio.new_event_loop()
-            return self._loop.run_until_complete(bound)
+            return self._await(bound)
         return bound
+
+    @staticmethod
+    def _as_bad_call(exc: Exception) -> Exception:
+        """A TypeError raised while binding arguments (not inside the command) is the caller's
+        mistake: its traceback ends in the frame that made the call."""
+        if (
+            isinstance(exc, TypeError)
+            and exc.__traceback__ is not None
+            and exc.__traceback__.tb_next is None
+        ):
+            return _BadCall(str(exc))
+        return exc
+
+    def _await(self, awaitable: Any) -> Any:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(awaitable)
 
     def _exception_body(self, exc: Exception, name: str) -> dict[str, Any]:
         if isinstance(exc, _BadCall):
             return error_body(kind="bad_call", type_name="TypeError", message=str(exc))
+        # Cut what could make the ERROR frame itself too large: the host would then kill a
+        # healthy worker instead of reporting the exception.
+        budget = max(256, self.max_frame_size // 4)
+        message = str(exc)
+        tb = "".join(traceback.format_exception(exc))
+        if len(message) > budget:
+            message = message[:budget] + f"... [{len(message) - budget} more characters]"
+        if len(tb) > budget:
+            tb = f"[{len(tb) - budget} characters cut]...\n" + tb[-budget:]
         return error_body(
-            kind="user",
-            type_name=type(exc).__qualname__,
-            message=str(exc),
-            traceback="".join(traceback.format_exception(exc)),
+            kind="user", type_name=type(exc).__qualname__, message=message, traceback=tb
         )
 
     def _send_exception(self, ident: int, flags: int, exc: Exception, name: str) -> None:

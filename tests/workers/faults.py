@@ -82,3 +82,19 @@ def record(path: str, token: str) -> str:
 @snakeden.command
 def getpid() -> int:
     return os.getpid()
+
+
+@snakeden.command
+def garbage(kind: str) -> None:
+    """Write bytes that are not a valid reply onto this worker's own channel, then carry on."""
+    wfd = int(os.environ["SNAKEDEN_FDS"].split(",")[1])
+    if kind == "short":
+        os.write(wfd, b"\x00\x00\x00\x01Z")  # a length shorter than any header
+    elif kind == "oversized":
+        os.write(wfd, b"\x7f\xff\xff\xff")  # announces a 2 GiB frame
+    time.sleep(3600)  # the host must not wait for a reply that will never be valid
+
+
+@snakeden.command
+def huge_error(n: int) -> None:
+    raise ValueError("x" * n)
