@@ -259,7 +259,6 @@ class PoolCore:
         self._starting = 0
         self._scheduled = 0  # replacements scheduled whose worker does not exist yet
         self._consecutive_start_failures = 0
-        self._last_start_failure: WorkerStartError | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._drained: asyncio.Event | None = None
         self._ready_changed: asyncio.Event | None = None
@@ -687,11 +686,15 @@ class PoolCore:
             with self.lock:
                 self._starting -= 1
                 w.state = WState.DEAD
+                if replaces is not None and replaces.replacing is w:
+                    replaces.replacing = None  # the old worker must not retire for a dead one
+            self.workers.pop(w.id, None)
             if w.proc is not None:
                 w.proc.kill(signal.SIGKILL)
-                await self.wait_gone(w, 2.0)
-                w.proc.close_fds()
-            self.workers.pop(w.id, None)
+                try:
+                    await self.wait_gone(w, 2.0)
+                finally:
+                    w.proc.close_fds()
             if isinstance(exc, WorkerStartError):
                 self.counters.start_failures += 1
                 self.events.emit("start_failed", w, t0, detail=str(exc))
@@ -789,7 +792,6 @@ class PoolCore:
 
     def _note_start_failure(self, exc: WorkerStartError) -> None:
         self._consecutive_start_failures += 1
-        self._last_start_failure = exc
         if self._consecutive_start_failures >= self.config.max_start_failures:
             self._break(exc)
 

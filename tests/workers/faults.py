@@ -68,7 +68,7 @@ def block(path: str, seconds: float = 3600) -> None:
     """Create ``path`` (the test waits for it: the call is running) and then block."""
     with open(path, "w") as f:
         f.write(str(os.getpid()))
-    time.sleep(seconds)
+    time.sleep(seconds)  # the workload itself (a long call), not a synchronisation
 
 
 @snakeden.command

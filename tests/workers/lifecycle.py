@@ -49,7 +49,7 @@ def hog(mib: int) -> int:
 
 @snakeden.command
 def nap(seconds: float) -> float:
-    time.sleep(seconds)
+    time.sleep(seconds)  # the workload itself (a long call), not a synchronisation
     return seconds
 
 
