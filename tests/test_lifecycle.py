@@ -306,3 +306,23 @@ def test_close_serves_queued_calls_even_if_a_worker_dies_meanwhile() -> None:
         assert await queued == 4  # a replacement served it during the drain
 
     run(body())
+
+
+def test_template_death_takes_its_workers_and_a_new_template_replaces_them() -> None:
+    rec = Recorder()
+
+    async def body() -> None:
+        async with snakeden.Pool(LC, size=2, start_method="fork", on_event=rec) as pool:
+            launcher = pool._core.launcher  # type: ignore[union-attr]
+            (template,) = launcher.pids()
+            old = set(pool.worker_pids())
+            os.kill(template, signal.SIGKILL)
+            await rec.wait_count_async("ready", 4)
+            await pool.wait_ready(timeout=60)
+            assert await pool.map("echo", range(20)) == list(range(20))
+            assert launcher.pids() and launcher.pids()[0] != template
+            assert not old & set(pool.worker_pids())
+            importers = set(await pool.map("imported_by", [()] * 6, star=True))
+            assert importers == {launcher.pids()[0]}  # still warm: forked from the new template
+
+    run(body())
