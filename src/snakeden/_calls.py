@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from snakeden import _shm
 from snakeden._commands import reference_of
 from snakeden._errors import (
     BadCall,
@@ -48,9 +49,14 @@ def encode_call(
     pickle: bool,
     max_frame_size: int,
     batch: bool = False,
+    shm: tuple[int, str] | None = None,
 ) -> tuple[str, int, bytes]:
-    """``(name, flags, body)`` for a CALL frame. Fails before anything is sent."""
+    """``(name, flags, body)`` for a CALL frame. Fails before anything is sent.
+
+    ``shm`` is ``(threshold, run_tag)``: large top-level byte buffers go by shared memory."""
     name, flags = command_name(cmd)
+    if shm is not None and not batch:
+        args, kwargs = _shm.export_args(args, kwargs, shm[0], shm[1])
     if pickle:
         flags |= PICKLE
     if batch:
@@ -98,7 +104,7 @@ def error_from_body(body: Any, name: str) -> Exception:
 def decode_reply(frame: Frame, name: str) -> Any:
     """The result of a RESULT frame; raises the mapped exception for an ERROR frame."""
     try:
-        body = decode_body(frame)
+        body = decode_body(frame, _shm.ext_hook)
     except Exception as exc:
         raise ProtocolError(
             f"worker sent an undecodable reply to {name!r}: {type(exc).__name__}: {exc}"

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from snakeden import _shm
 from snakeden._calls import decode_reply, unpack_batch
 from snakeden._channel import Channel, ChannelLost
 from snakeden._errors import (
@@ -96,6 +97,7 @@ class PoolConfig:
     idle_timeout: float | None = None
     min_ready: int | None = None
     pipeline: int = 1
+    shm_threshold: int | None = None
     restart_backoff: float = 0.05
     restart_backoff_max: float = 5.0
     max_start_failures: int = 5
@@ -123,6 +125,11 @@ class PoolConfig:
             raise ValueError("max_queue must be >= 0")
         if self.pipeline < 1:
             raise ValueError("pipeline must be >= 1")
+        if self.shm_threshold is not None:
+            if self.serializer != "msgpack":
+                raise ValueError("shm_threshold works with the msgpack serializer only")
+            if not _shm.available():
+                raise ValueError("shm_threshold needs a writable /dev/shm")
         if self.min_ready is not None and not 1 <= self.min_ready <= self.min_size:
             raise ValueError(f"min_ready must be between 1 and size ({self.min_size})")
 
@@ -251,9 +258,16 @@ class PoolCore:
         self.reject: BaseException | None = None  # set when closed or broken
         self.run_tag = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.events = EventHub(config.on_event, self.clock)
-        self.launcher: Launcher = make_launcher(config, self.run_tag)
-        self.record = RunRecord(self.run_tag)
         self.pickle = config.serializer == "pickle"
+        self.shm = (
+            (config.shm_threshold, self.run_tag) if config.shm_threshold is not None else None
+        )
+        # What every worker's environment gets on top of the host's.
+        self.worker_env = dict(config.env)
+        if config.shm_threshold is not None:
+            self.worker_env["SNAKEDEN_SHM_THRESHOLD"] = str(config.shm_threshold)
+        self.launcher: Launcher = make_launcher(config, self.run_tag, self.worker_env)
+        self.record = RunRecord(self.run_tag)
         # Pipelining needs a channel that multiplexes replies: the asyncio front's.
         self.depth = 1 if blocking else config.pipeline
         self._starting = 0
@@ -655,7 +669,7 @@ class PoolCore:
             worker_id=worker_id,
             target=self.config.target,
             python=self._python or sys.executable,
-            env=dict(self.config.env),
+            env=dict(self.worker_env),
             cwd=self.config.cwd,
             run_tag=self.run_tag,
             max_frame_size=self.config.max_frame_size,
@@ -1136,6 +1150,7 @@ class PoolCore:
         for w in workers:
             await self.wait_gone(w, 5.0)
         await self.launcher.close()
+        _shm.remove_leftovers(self.run_tag)
         self.record.remove()
         self.state = "closed"
 
@@ -1177,7 +1192,7 @@ class PoolCore:
             ]
 
 
-def make_launcher(config: PoolConfig, run_tag: str) -> Launcher:
+def make_launcher(config: PoolConfig, run_tag: str, env: dict[str, str]) -> Launcher:
     """The launcher for ``start_method``: ``auto`` forks from a template where it can."""
     method = config.start_method
     if method == "auto":
@@ -1194,7 +1209,7 @@ def make_launcher(config: PoolConfig, run_tag: str) -> Launcher:
             config.target,
             config.preload,
             python=config.python,
-            env=config.env,
+            env=env,
             cwd=config.cwd,
             run_tag=run_tag,
             start_timeout=config.start_timeout,

@@ -120,6 +120,7 @@ class Pool:
             pickle=core.pickle,
             max_frame_size=cfg.max_frame_size,
             batch=batch,
+            shm=core.shm,
         )
         if timeout is _UNSET:
             timeout = cfg.call_timeout

@@ -224,12 +224,19 @@ def encode_body(obj: Any, flags: int = 0) -> bytes:
     return _pack(obj)
 
 
-def decode_body(frame: Frame) -> Any:
-    """Deserialise a frame's body according to its flags. Empty bodies decode to ``None``."""
+def decode_body(frame: Frame, ext_hook: Any = None) -> Any:
+    """Deserialise a frame's body according to its flags. Empty bodies decode to ``None``.
+
+    ``ext_hook`` handles MessagePack extension values (the shared-memory references of
+    ``_shm``); this module itself never does I/O."""
     if not frame.body:
         return None
     if frame.flags & PICKLE:
         return pickle.loads(frame.body)
+    if ext_hook is not None:
+        return msgpack.unpackb(
+            frame.body, raw=False, strict_map_key=False, use_list=True, ext_hook=ext_hook
+        )
     return _unpack(frame.body)
 
 

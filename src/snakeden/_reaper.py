@@ -22,6 +22,8 @@ from typing import Any
 
 import psutil
 
+from snakeden import _shm
+
 log = logging.getLogger("snakeden")
 
 
@@ -124,6 +126,7 @@ def reap_leftovers(directory: pathlib.Path | None = None) -> list[int]:
         if not tag:
             continue
         dead_tags.append(tag)
+        _shm.remove_leftovers(tag)
         for pid in data.get("pids", []):
             with contextlib.suppress(psutil.Error, ValueError):
                 proc = psutil.Process(int(pid))

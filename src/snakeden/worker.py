@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from snakeden import _commands
+from snakeden import _commands, _shm
 from snakeden._protocol import (
     BATCH,
     BY_REFERENCE,
@@ -96,6 +96,9 @@ class _Server:
         self.max_frame_size = max_frame_size
         self.calls = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+        threshold = os.environ.get("SNAKEDEN_SHM_THRESHOLD")
+        self.shm_threshold = int(threshold) if threshold else None
+        self.run_tag = os.environ.get("SNAKEDEN_RUN_TAG", "")
 
     def send(self, kind: int, ident: int, body: bytes, flags: int = 0) -> None:
         write_all(self.wfd, encode_header(kind, ident, len(body), flags), body)
@@ -141,7 +144,7 @@ class _Server:
     def handle_call(self, frame: Frame) -> None:
         flags = frame.flags & PICKLE
         try:
-            name, args, kwargs = decode_body(frame)
+            name, args, kwargs = decode_body(frame, _shm.ext_hook)
         except Exception as exc:
             self.send_error(
                 frame.id,
@@ -261,6 +264,8 @@ class _Server:
 
     def _reply(self, ident: int, flags: int, result: Any, name: str) -> None:
         try:
+            if self.shm_threshold is not None and not flags:
+                result = _shm.export_result(result, self.shm_threshold, self.run_tag)
             data = encode_body(result, flags)
             check_frame_size(len(data), self.max_frame_size)
         except Exception as exc:

@@ -67,9 +67,9 @@ def pooled_median(name: str, scale: float = 1.0) -> Compute:
     return compute
 
 
-def mb_per_s(size: int) -> Compute:
+def mb_per_s(size: int, key: str = "rtt_s") -> Compute:
     """Payload bytes (one direction) per second of round trip, in MB/s (10^6 bytes)."""
-    rtt = rep_median(f"rtt_s_{size}")
+    rtt = rep_median(f"{key}_{size}")
 
     def compute(runs: Sequence[Run]) -> float | None:
         seconds = rtt(runs)
@@ -148,6 +148,19 @@ def metrics(s: Settings) -> list[Metric]:
                 floors,
             )
         )
+    for size, _ in s.payload:
+        if size >= 1 << 20:
+            out.append(
+                Metric(
+                    "payload",
+                    f"payload.shm.{size}",
+                    f"echo {human_size(size)}, shm_threshold=1 MiB (snakeden only)",
+                    "MB/s",
+                    "higher",
+                    mb_per_s(size, "rtt_shm_s"),
+                    floors,
+                )
+            )
     one = str(min(s.coldstart_sizes))
     for n in s.coldstart_sizes:
         ready = rep_median("ready_s", variant=str(n))

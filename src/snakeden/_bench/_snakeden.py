@@ -96,13 +96,16 @@ def run_async(
     return asyncio.run(_run_async(scenario, variant, s, ctx))
 
 
-def _pool(size: int, preload: tuple[str, ...] = (), pipeline: int = 1) -> snakeden.Pool:
+def _pool(
+    size: int, preload: tuple[str, ...] = (), pipeline: int = 1, shm_threshold: int | None = None
+) -> snakeden.Pool:
     return snakeden.Pool(
         SNAKEDEN_MODULES[preload],
         size=size,
         start_method=START_METHOD,
         preload=list(preload),
         pipeline=pipeline,
+        shm_threshold=shm_threshold,
     )
 
 
@@ -199,6 +202,19 @@ async def _run_async(scenario: str, variant: str | None, s: Settings, ctx: Conte
                     t0 = time.perf_counter()
                     await pool.call("echo", data)
                     out.add(f"rtt_s_{size}", time.perf_counter() - t0)
+        shm_from = 1 << 20
+        async with _pool(s.size, shm_threshold=shm_from) as pool:
+            await _probe_all(pool, s.size, s.hold_s)
+            for size, calls in s.payload:
+                if size < shm_from:
+                    continue
+                data = os.urandom(size)
+                await pool.call("echo", data)
+                for _ in range(calls):
+                    t0 = time.perf_counter()
+                    await pool.call("echo", data)
+                    out.add(f"rtt_shm_s_{size}", time.perf_counter() - t0)
+            out.note(f"shm rows: Pool(shm_threshold={shm_from}), buffers by /dev/shm")
     elif scenario == "coldstart":
         assert variant is not None
         count = int(variant)
