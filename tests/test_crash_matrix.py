@@ -23,32 +23,19 @@ from tests.workers.faults import FAULTS, Bomb
 
 FAULT_MODULE = "tests.workers.faults"
 
-# What the caller gets for a fault in a call phase (decode, run, encode).
+# What the caller gets for a fault in a call phase (decode, run, encode). A process-level fault
+# gives the same error in every phase; an exception is the command's own only while it runs.
+_PROCESS_FAULTS: dict[str, tuple[type[Exception], str]] = {
+    "sys_exit": (snakeden.WorkerCrashed, "exited with code 5"),
+    "os_exit": (snakeden.WorkerCrashed, "exited with code 7"),
+    "segfault": (snakeden.WorkerCrashed, "SIGSEGV(-11)"),
+    "sigkill": (snakeden.WorkerCrashed, "SIGKILL(-9)"),
+    "hang": (snakeden.CallTimeout, "did not finish within"),
+}
 CALL_PHASE_EXPECTED: dict[str, dict[str, tuple[type[Exception], str]]] = {
-    "decode": {
-        "exception": (snakeden.SerializationError, "injected fault"),
-        "sys_exit": (snakeden.WorkerCrashed, "exited with code 5"),
-        "os_exit": (snakeden.WorkerCrashed, "exited with code 7"),
-        "segfault": (snakeden.WorkerCrashed, "SIGSEGV(-11)"),
-        "sigkill": (snakeden.WorkerCrashed, "SIGKILL(-9)"),
-        "hang": (snakeden.CallTimeout, "did not finish within"),
-    },
-    "run": {
-        "exception": (snakeden.RemoteError, "RuntimeError: injected fault"),
-        "sys_exit": (snakeden.WorkerCrashed, "exited with code 5"),
-        "os_exit": (snakeden.WorkerCrashed, "exited with code 7"),
-        "segfault": (snakeden.WorkerCrashed, "SIGSEGV(-11)"),
-        "sigkill": (snakeden.WorkerCrashed, "SIGKILL(-9)"),
-        "hang": (snakeden.CallTimeout, "did not finish within"),
-    },
-    "encode": {
-        "exception": (snakeden.SerializationError, "injected fault"),
-        "sys_exit": (snakeden.WorkerCrashed, "exited with code 5"),
-        "os_exit": (snakeden.WorkerCrashed, "exited with code 7"),
-        "segfault": (snakeden.WorkerCrashed, "SIGSEGV(-11)"),
-        "sigkill": (snakeden.WorkerCrashed, "SIGKILL(-9)"),
-        "hang": (snakeden.CallTimeout, "did not finish within"),
-    },
+    "decode": {"exception": (snakeden.SerializationError, "injected fault"), **_PROCESS_FAULTS},
+    "run": {"exception": (snakeden.RemoteError, "RuntimeError: injected fault"), **_PROCESS_FAULTS},
+    "encode": {"exception": (snakeden.SerializationError, "injected fault"), **_PROCESS_FAULTS},
 }
 
 START_EXPECTED = {

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from snakeden import _shm
-from snakeden._calls import decode_reply, unpack_batch
+from snakeden._calls import Command, decode_reply, encode_call, unpack_batch
 from snakeden._channel import Channel, ChannelLost
 from snakeden._errors import (
     PoolBroken,
@@ -501,6 +501,25 @@ class PoolCore:
             return late, time.perf_counter() - t0
         assert got.worker is not None
         return got.worker, time.perf_counter() - t0
+
+    def encode_call(
+        self,
+        cmd: Command,
+        args: tuple[Any, ...] | list[Any],
+        kwargs: dict[str, Any] | None,
+        *,
+        batch: bool,
+    ) -> tuple[str, int, bytes]:
+        """``(name, flags, body)`` of a CALL with this pool's codec, frame limit and shm."""
+        return encode_call(
+            cmd,
+            args,
+            kwargs or {},
+            pickle=self.pickle,
+            max_frame_size=self.config.max_frame_size,
+            batch=batch,
+            shm=self.shm,
+        )
 
     def finish_call(
         self, w: WorkerHandle, frame: Frame, name: str, *, batch: bool, waited: float, t1: float

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from snakeden._calls import Command, encode_call
+from snakeden._calls import Command
 from snakeden._channel import ChannelLost
 from snakeden._core import PoolConfig, PoolCore, WorkerHandle
 from snakeden._errors import CallTimeout, PoolClosed
@@ -113,15 +113,7 @@ class Pool:
     ) -> Any:
         core = self._running()
         cfg = self.config
-        name, flags, body = encode_call(
-            cmd,
-            args,
-            kwargs or {},
-            pickle=core.pickle,
-            max_frame_size=cfg.max_frame_size,
-            batch=batch,
-            shm=core.shm,
-        )
+        name, flags, body = core.encode_call(cmd, args, kwargs, batch=batch)
         if timeout is _UNSET:
             timeout = cfg.call_timeout
         w, waited = await core.checkout_async(cfg.queue_timeout)

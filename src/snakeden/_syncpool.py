@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from snakeden._calls import Command, encode_call
+from snakeden._calls import Command
 from snakeden._channel import ChannelLost
 from snakeden._core import PoolCore
 from snakeden._errors import CallTimeout, PoolClosed, PoolSaturated
@@ -83,15 +83,7 @@ class SyncPool(cf.Executor):
     ) -> Any:
         core = self._core
         cfg = self.config
-        name, flags, body = encode_call(
-            cmd,
-            args,
-            kwargs or {},
-            pickle=core.pickle,
-            max_frame_size=cfg.max_frame_size,
-            batch=batch,
-            shm=core.shm,
-        )
+        name, flags, body = core.encode_call(cmd, args, kwargs, batch=batch)
         if timeout is _UNSET:
             timeout = cfg.call_timeout
         w, waited = core.checkout_blocking(
