@@ -1018,7 +1018,7 @@ class PoolCore:
         self._ensure_capacity()
 
     async def _stop_worker(self, w: WorkerHandle) -> None:
-        """SHUTDOWN, then SIGTERM, then SIGKILL on a timer; then the process group."""
+        """SHUTDOWN, then SIGTERM, then SIGKILL on a timer."""
         proc = w.proc
         if proc is None or proc.exited:
             return
@@ -1043,9 +1043,7 @@ class PoolCore:
             await self.wait_gone(w, grace)
             if proc.exited:
                 break
-        # Whatever the worker started in its process group goes with it.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        # What the worker started in its process group is killed by _on_exit, for every exit.
 
     def _check_memory(self, w: WorkerHandle) -> None:
         limit = self.config.max_memory

@@ -29,7 +29,6 @@ class OutputTail:
         self._partial = b""
         self._fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.eof = asyncio.Event()
 
     def attach(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
         os.set_blocking(fd, False)
@@ -95,4 +94,3 @@ class OutputTail:
         if self._partial:
             self._emit(self._partial)
             self._partial = b""
-        self.eof.set()

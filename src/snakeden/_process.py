@@ -80,11 +80,6 @@ class WorkerProcess:
                 return
         cb(self)
 
-    def wait(self, timeout: float | None) -> int | None:
-        """Block until the exit status is known or ``timeout`` passes."""
-        self._exited.wait(timeout)
-        return self.returncode
-
     @property
     def exited(self) -> bool:
         return self._exited.is_set()

@@ -154,32 +154,18 @@ class _Server:
                 message=f"the worker could not decode the call: {exc}",
             )
             return
-        if frame.flags & BY_REFERENCE:
-            try:
-                fn = _commands.resolve_reference(name)
-            except LookupError as exc:
-                self.send_error(
-                    frame.id,
-                    flags,
-                    kind="unknown_command",
-                    type_name="LookupError",
-                    message=str(exc),
-                    commands=sorted(self.commands),
-                )
-                return
-        else:
-            found = self.commands.get(name)
-            if found is None:
-                self.send_error(
-                    frame.id,
-                    flags,
-                    kind="unknown_command",
-                    type_name="LookupError",
-                    message=f"unknown command {name!r}",
-                    commands=sorted(self.commands),
-                )
-                return
-            fn = found
+        try:
+            fn = self._lookup(name, frame.flags)
+        except LookupError as exc:
+            self.send_error(
+                frame.id,
+                flags,
+                kind="unknown_command",
+                type_name="LookupError",
+                message=str(exc),
+                commands=sorted(self.commands),
+            )
+            return
         self.calls += 1
         if frame.flags & BATCH:
             self._reply(frame.id, flags, self._run_batch(fn, args, kwargs), name)
@@ -187,9 +173,17 @@ class _Server:
         try:
             result = self._invoke(fn, args, kwargs)
         except Exception as exc:
-            self._send_exception(frame.id, flags, exc, name)
+            self.send(Kind.ERROR, frame.id, encode_body(self._exception_body(exc), flags), flags)
             return
         self._reply(frame.id, flags, result, name)
+
+    def _lookup(self, name: str, frame_flags: int) -> Callable[..., Any]:
+        if frame_flags & BY_REFERENCE:
+            return _commands.resolve_reference(name)
+        fn = self.commands.get(name)
+        if fn is None:
+            raise LookupError(f"unknown command {name!r}")
+        return fn
 
     def _run_batch(self, fn: Callable[..., Any], batch: Any, kwargs: Any) -> list[Any]:
         # One tight loop; each item runs exactly once and gets its own outcome.
@@ -206,21 +200,18 @@ class _Server:
                     append([True, value])
                     i += 1
             except Exception as exc:
-                append([False, self._exception_body(self._as_bad_call(exc), fn.__name__)])
+                append([False, self._exception_body(self._as_bad_call(exc))])
                 i += 1
         return results
-
-    def _run_one(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> list[Any]:
-        try:
-            return [True, self._invoke(fn, args, kwargs)]
-        except Exception as exc:
-            return [False, self._exception_body(exc, fn.__name__)]
 
     def _invoke(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         try:
             bound = fn(*args, **kwargs)
         except TypeError as exc:
-            raise self._as_bad_call(exc) from None
+            bad = self._as_bad_call(exc)
+            if bad is exc:
+                raise  # raised inside the command: the user's own TypeError, untouched
+            raise bad from None
         if inspect.isawaitable(bound):
             return self._await(bound)
         return bound
@@ -242,7 +233,7 @@ class _Server:
             self._loop = asyncio.new_event_loop()
         return self._loop.run_until_complete(awaitable)
 
-    def _exception_body(self, exc: Exception, name: str) -> dict[str, Any]:
+    def _exception_body(self, exc: Exception) -> dict[str, Any]:
         if isinstance(exc, _BadCall):
             return error_body(kind="bad_call", type_name="TypeError", message=str(exc))
         # Cut what could make the ERROR frame itself too large: the host would then kill a
@@ -257,10 +248,6 @@ class _Server:
         return error_body(
             kind="user", type_name=type(exc).__qualname__, message=message, traceback=tb
         )
-
-    def _send_exception(self, ident: int, flags: int, exc: Exception, name: str) -> None:
-        body = self._exception_body(exc, name)
-        self.send(Kind.ERROR, ident, encode_body(body, flags), flags)
 
     def _reply(self, ident: int, flags: int, result: Any, name: str) -> None:
         try:
