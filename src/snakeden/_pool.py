@@ -15,20 +15,13 @@ from typing import Any
 
 from snakeden._calls import Command
 from snakeden._channel import ChannelLost
-from snakeden._core import PoolConfig, PoolCore, WorkerHandle
+from snakeden._config import make_config
+from snakeden._core import PoolCore, WorkerHandle
 from snakeden._errors import CallTimeout, PoolClosed
 from snakeden._protocol import Kind, encode_frame, encode_header
 from snakeden._stats import PoolStats
 
 _UNSET: Any = object()
-
-
-def make_config(target: str | None, kwargs: dict[str, Any]) -> PoolConfig:
-    if "preload" in kwargs:
-        kwargs["preload"] = tuple(kwargs["preload"])
-    if "env" in kwargs and kwargs["env"] is None:
-        kwargs["env"] = {}
-    return PoolConfig(target=target, **kwargs)
 
 
 class Pool:

@@ -20,9 +20,10 @@ from typing import Any
 
 from snakeden._calls import Command
 from snakeden._channel import ChannelLost
+from snakeden._config import make_config
 from snakeden._core import PoolCore
 from snakeden._errors import CallTimeout, PoolClosed, PoolSaturated
-from snakeden._pool import _UNSET, describe, make_config
+from snakeden._pool import _UNSET, describe
 from snakeden._protocol import Kind, encode_header
 from snakeden._stats import PoolStats
 
