@@ -7,15 +7,25 @@ A channel runs in one of two modes, chosen by the pool that owns it:
 * **blocking** (the thread ``SyncPool``): whoever holds the worker's lease writes the request and
   reads the reply on its own thread, with ``poll()`` for the deadline. No event-loop hop.
 
-Only the lease holder talks to a worker, so neither mode needs locking on the hot path.
+Only the lease holder talks to a worker, so neither mode needs locking on the hot path. The
+few things the supervisor says to a worker (a ping, SHUTDOWN) go through :meth:`Channel.roundtrip`
+and :meth:`Channel.notify`, which work in either mode, so the pool never asks which one it has.
+
+When the channel is lost, each request still waiting learns whether the worker can have run it
+(``ChannelLost.unsent``): a request the worker never read to its end cannot have started. The
+host is the only writer of the pipe, so what the kernel still holds unread (``FIONREAD`` on the
+write end, which keeps its contents after the reader's death) tells how far the worker read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import select
+import struct
+import termios
 import time
 from collections import deque
 from collections.abc import Callable
@@ -27,12 +37,31 @@ from snakeden._protocol import Frame, FrameDecoder, ProtocolViolation
 _READ_SIZE = 256 * 1024
 
 
-class ChannelLost(Exception):
-    """The channel is unusable: EOF (the worker died), a protocol violation, or an OS error."""
+# Replies that arrived for a caller already cancelled, kept for the abandon path to claim.
+_MAX_UNCLAIMED = 1024
 
-    def __init__(self, cause: BaseException | None) -> None:
+
+class ChannelLost(Exception):
+    """The channel is unusable: EOF (the worker died), a protocol violation, or an OS error.
+
+    ``unsent``: the request this was raised for never reached the worker whole, so it cannot
+    have run; the pool sends it to another worker instead of failing it."""
+
+    def __init__(self, cause: BaseException | None, *, unsent: bool = False) -> None:
         super().__init__(str(cause) if cause else "end of file on the worker's channel")
         self.cause = cause
+        self.unsent = unsent
+
+    def for_request(self, unsent: bool) -> ChannelLost:
+        return ChannelLost(self.cause, unsent=unsent)
+
+
+def _unread(fd: int) -> int:
+    """Bytes written to the pipe ``fd`` and not yet read by the other end (0 if unknown)."""
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0])
+    except OSError:
+        return 0
 
 
 class Channel:
@@ -44,7 +73,12 @@ class Channel:
         self.lost: ChannelLost | None = None
         self._next_id = 0
         self._pending: dict[int, asyncio.Future[Frame]] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._unclaimed: dict[int, Frame] = {}
+        self._ends: dict[int, int] = {}  # request id -> byte offset where its frame ends
+        self._queued = 0  # bytes handed to send(), written or not
+        self._written = 0  # bytes the kernel accepted
+        self.loop: asyncio.AbstractEventLoop | None = None  # the pool's loop, in either mode
+        self._loop: asyncio.AbstractEventLoop | None = None  # set while attached
         self._on_lost: Callable[[ChannelLost], None] | None = None
         self._wbuf: deque[memoryview] = deque()
         self._batch: list[bytes | memoryview] | None = None
@@ -62,7 +96,7 @@ class Channel:
     ) -> None:
         os.set_blocking(self.read_fd, False)
         os.set_blocking(self.write_fd, False)
-        self._loop = loop
+        self.loop = self._loop = loop
         self._on_lost = on_lost
         loop.add_reader(self.read_fd, self._on_readable)
 
@@ -77,22 +111,33 @@ class Channel:
         os.set_blocking(self.write_fd, True)
 
     def expect(self, ident: int) -> asyncio.Future[Frame]:
-        """A future for the reply to request ``ident`` (id 0: the worker's HELLO)."""
-        assert self._loop is not None
-        fut = self._loop.create_future()
-        if self.lost is not None:
-            fut.set_exception(self.lost)
+        """A future for the reply to request ``ident`` (id 0: the worker's HELLO).
+
+        A reply that came for a caller cancelled meanwhile is handed to the next ``expect`` of
+        the same id: the abandon path claims it instead of waiting for a reply already in."""
+        assert self.loop is not None, "channel never attached"
+        fut = self.loop.create_future()
+        frame = self._unclaimed.pop(ident, None)
+        if frame is not None:
+            fut.set_result(frame)
+        elif self.lost is not None:
+            fut.set_exception(self.lost.for_request(unsent=ident not in self._ends))
         else:
             self._pending[ident] = fut
         return fut
 
     def forget(self, ident: int) -> None:
         self._pending.pop(ident, None)
+        self._unclaimed.pop(ident, None)
+        self._ends.pop(ident, None)
 
-    def send(self, data: bytes | memoryview) -> None:
-        """Queue ``data`` for the worker; never blocks the loop."""
+    def send(self, data: bytes | memoryview, ident: int | None = None) -> None:
+        """Queue ``data`` (the request ``ident``, if it expects a reply); never blocks the loop."""
         if self.lost is not None:
             return  # the pending futures already carry the loss
+        self._queued += len(data)
+        if ident is not None:
+            self._ends[ident] = self._queued
         if self._batch is not None:
             self._batch.append(data)
             return
@@ -113,7 +158,9 @@ class Channel:
         view = memoryview(data)
         if not self._wbuf:
             try:
-                view = view[os.write(self.write_fd, view) :]
+                n = os.write(self.write_fd, view)
+                self._written += n
+                view = view[n:]
             except BlockingIOError:
                 pass
             except OSError as exc:
@@ -135,6 +182,7 @@ class Channel:
             except OSError as exc:
                 self._lose(exc)
                 return
+            self._written += n
             if n < len(view):
                 self._wbuf[0] = view[n:]
                 return
@@ -159,11 +207,18 @@ class Channel:
             self._lose(exc)
             return
         pending = self._pending
+        ends = self._ends
         for frame in frames:
             fut = pending.pop(frame.id, None)
-            if fut is not None and not fut.done():
+            ends.pop(frame.id, None)
+            if fut is None:
+                continue  # a late reply to a request whose caller gave up (a ping's timeout)
+            if not fut.done():
                 fut.set_result(frame)
-            # else: a late reply to a request whose caller gave up; dropped by design.
+            elif fut.cancelled() and len(self._unclaimed) < _MAX_UNCLAIMED:
+                # The caller was cancelled in this same loop turn: its abandon path will look
+                # for this reply rather than wait for one that already came.
+                self._unclaimed[frame.id] = frame
 
     def _lose(self, cause: BaseException | None) -> None:
         if self.lost is not None:
@@ -173,15 +228,18 @@ class Channel:
             self._loop.remove_reader(self.read_fd)
             self._loop.remove_writer(self.write_fd)
         self._wbuf.clear()
+        consumed = self._written - _unread(self.write_fd)
         pending, self._pending = self._pending, {}
-        for fut in pending.values():
+        for ident, fut in pending.items():
             if not fut.done():
-                fut.set_exception(self.lost)
+                unsent = self._ends.get(ident, self._queued + 1) > consumed
+                fut.set_exception(self.lost.for_request(unsent))
         if self._on_lost is not None:
             self._on_lost(self.lost)
 
     def close(self) -> None:
         """Stop watching the fds (the process handle owns and closes them)."""
+        self._unclaimed.clear()
         if self._loop is not None:
             with contextlib.suppress(Exception):
                 self._loop.remove_reader(self.read_fd)
@@ -200,7 +258,7 @@ class Channel:
         Raises :class:`ChannelLost` or ``TimeoutError`` (``deadline`` is ``time.monotonic()``).
         """
         if self.lost is not None:
-            raise self.lost
+            raise self.lost.for_request(unsent=True)
         self.write_blocking(data, deadline)
         return self.read_reply_blocking(ident, deadline)
 
@@ -212,7 +270,8 @@ class Channel:
                     self._wait(self.write_fd, select.POLLOUT, deadline)
                 view = view[os.write(self.write_fd, view) :]
         except OSError as exc:
-            raise self._lost_blocking(exc) from None
+            # Not all of it reached the pipe: the worker cannot have read the request whole.
+            raise self._lost_blocking(exc, unsent=True) from None
 
     def read_reply_blocking(self, ident: int, deadline: float | None) -> Frame:
         while True:
@@ -221,22 +280,55 @@ class Channel:
             try:
                 n = os.readv(self.read_fd, [self._rbuf])
             except OSError as exc:
-                raise self._lost_blocking(exc) from None
+                raise self._lost_blocking(exc, unsent=False) from None
             if not n:
-                raise self._lost_blocking(None)
+                # The request was the last thing written: while any of it is still unread, the
+                # worker never had it whole.
+                raise self._lost_blocking(None, unsent=_unread(self.write_fd) > 0)
             try:
                 frames = self.decoder.feed(self._rview[:n])
             except ProtocolViolation as exc:
-                raise self._lost_blocking(exc) from None
+                raise self._lost_blocking(exc, unsent=False) from None
             # One lease, one request at a time: any other id is a late reply to a request
             # whose caller gave up, and is dropped.
             for frame in frames:
                 if frame.id == ident:
                     return frame
 
-    def _lost_blocking(self, cause: BaseException | None) -> ChannelLost:
+    def _lost_blocking(self, cause: BaseException | None, *, unsent: bool) -> ChannelLost:
         self.lost = ChannelLost(cause)
-        return self.lost
+        return self.lost.for_request(unsent)
+
+    # --- either mode ------------------------------------------------------------------------
+
+    async def roundtrip(self, ident: int, data: bytes, timeout: float) -> Frame:
+        """A request from the supervisor (a ping), in whichever mode the channel is.
+
+        Raises ``TimeoutError`` or :class:`ChannelLost`."""
+        assert self.loop is not None
+        if self.lost is not None:
+            raise self.lost.for_request(unsent=True)
+        if self._loop is None:  # blocking mode: the lease is the supervisor's, so is the thread
+            deadline = time.monotonic() + timeout
+            return await self.loop.run_in_executor(
+                None, self.request_blocking, ident, data, deadline
+            )
+        fut = self.expect(ident)
+        self.send(data, ident)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self.forget(ident)
+
+    def notify(self, data: bytes) -> None:
+        """A frame that expects no reply (SHUTDOWN, CANCEL). Never blocks for long."""
+        if self.lost is not None:
+            return
+        if self._loop is not None:
+            self.send(data)
+            return
+        with contextlib.suppress(ChannelLost, TimeoutError):
+            self.write_blocking(data, time.monotonic() + 1.0)
 
     @staticmethod
     def _wait(fd: int, event: int, deadline: float) -> None:

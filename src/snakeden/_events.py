@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from snakeden._core import WorkerHandle
+    from snakeden._handle import WorkerHandle
 
 log = logging.getLogger("snakeden")
 

@@ -16,8 +16,9 @@ from typing import Any
 from snakeden._calls import Command
 from snakeden._channel import ChannelLost
 from snakeden._config import make_config
-from snakeden._core import PoolCore, WorkerHandle
-from snakeden._errors import CallTimeout, PoolClosed
+from snakeden._core import PoolCore
+from snakeden._errors import PoolClosed
+from snakeden._handle import Cause, WorkerHandle
 from snakeden._protocol import Kind, encode_frame, encode_header
 from snakeden._stats import PoolStats
 
@@ -109,47 +110,43 @@ class Pool:
         name, flags, body = core.encode_call(cmd, args, kwargs, batch=batch)
         if timeout is _UNSET:
             timeout = cfg.call_timeout
-        w, waited = await core.checkout_async(cfg.queue_timeout)
-        t1 = time.perf_counter()
-        channel = w.channel
-        assert channel is not None
-        ident = channel.next_id()
-        fut = channel.expect(ident)
-        channel.send(encode_header(Kind.CALL, ident, len(body), flags) + body)
-        timer = None
-        if timeout is not None:
-            timer = core.loop.call_later(timeout, _expire, fut)
-        try:
-            frame = await fut
-        except asyncio.CancelledError:
-            if timer is not None:
-                timer.cancel()
-            if fut.done() and not fut.cancelled() and fut.exception() is None:
-                # The reply was already in: the worker is free, only the caller went away.
-                core.release(w, "cancelled", waited, time.perf_counter() - t1)
-            else:
-                self._abandon(w, ident, waited, time.perf_counter() - t1)
-            raise
-        except _Expired:
-            channel.forget(ident)
-            core.worker_failed(w, "timeout")
-            core.release(w, "timeout", waited, time.perf_counter() - t1)
-            raise CallTimeout(
-                f"{name!r} did not finish within {timeout}s; worker {w.id} (pid {w.pid}) was "
-                f"killed and is being replaced"
-            ) from None
-        except ChannelLost as lost:
-            if timer is not None:
-                timer.cancel()
-            core.worker_failed(w, "crash")
+        attempt = 0
+        while True:
+            w, waited = await core.checkout_async(cfg.queue_timeout)
+            t1 = time.perf_counter()
+            channel = w.channel
+            assert channel is not None
+            ident = channel.next_id()
+            fut = channel.expect(ident)
+            channel.send(encode_header(Kind.CALL, ident, len(body), flags) + body, ident)
+            timer = None
+            if timeout is not None:
+                timer = core.loop.call_later(timeout, _expire, fut)
             try:
+                frame = await fut
+            except asyncio.CancelledError:
+                if timer is not None:
+                    timer.cancel()
+                if fut.done() and not fut.cancelled() and fut.exception() is None:
+                    # The reply was already in: the worker is free, only the caller went away.
+                    core.release(w, "cancelled", waited, time.perf_counter() - t1)
+                else:
+                    self._abandon(w, ident, waited, time.perf_counter() - t1)
+                raise
+            except _Expired:
+                channel.forget(ident)
+                raise core.call_timed_out(w, name, timeout, waited, t1) from None
+            except ChannelLost as lost:
+                if timer is not None:
+                    timer.cancel()
+                if core.call_lost(w, lost, waited, t1, attempt):
+                    attempt += 1
+                    continue  # it never reached the worker: another one runs it
                 await core.wait_gone(w)  # for the exit status and the last stderr lines
-            finally:
-                core.release(w, "crashed", waited, time.perf_counter() - t1)
-            raise core.crash_error(w, lost, name) from None
-        if timer is not None:
-            timer.cancel()
-        return core.finish_call(w, frame, name, batch=batch, waited=waited, t1=t1)
+                raise core.crash_error(w, lost, name) from None
+            if timer is not None:
+                timer.cancel()
+            return core.finish_call(w, frame, name, batch=batch, waited=waited, t1=t1)
 
     def _abandon(self, w: WorkerHandle, ident: int, waited: float, ran: float) -> None:
         """The caller was cancelled mid-call: tell the worker, reclaim it when it answers."""
@@ -157,19 +154,23 @@ class Pool:
         channel = w.channel
         assert channel is not None
         if channel.lost is not None:
-            core.worker_failed(w, "channel lost")  # never hand a dead worker to anyone
+            core.worker_failed(w, Cause.CRASHED)  # never hand a dead worker to anyone
             core.release(w, "cancelled", waited, ran)
             return
+        # A reply that came in the same loop turn as the cancellation is claimed here at once.
         drain = channel.expect(ident)
-        channel.send(encode_frame(Kind.CANCEL, ident))
-        kill = core.loop.call_later(
-            self.config.cancel_grace, core.worker_failed, w, "cancelled, did not stop"
-        )
+        kill = None
+        if not drain.done():
+            channel.notify(encode_frame(Kind.CANCEL, ident))
+            kill = core.loop.call_later(
+                self.config.cancel_grace, core.worker_failed, w, Cause.CANCEL_IGNORED
+            )
 
         def done(f: asyncio.Future[Any]) -> None:
-            kill.cancel()
+            if kill is not None:
+                kill.cancel()
             if f.cancelled() or f.exception() is not None:
-                core.worker_failed(w, "crash")
+                core.worker_failed(w, Cause.CRASHED)
             core.release(w, "cancelled", waited, ran)
 
         drain.add_done_callback(done)

@@ -53,6 +53,7 @@ class PoolStats:
     calls_crashed: int  # the worker died (or broke the protocol) during the call
     calls_rejected: int  # saturated, queue timeout, closed, broken: never sent
     calls_cancelled: int  # the caller was cancelled while its call ran
+    calls_redispatched: int  # sent to a worker that had already died, and run on another
     restarts: int  # workers started to replace one that died, timed out or was recycled
     recycled: int
     start_failures: int
@@ -69,6 +70,7 @@ class Counters:
         "calls_crashed",
         "calls_failed",
         "calls_ok",
+        "calls_redispatched",
         "calls_rejected",
         "calls_timed_out",
         "checkout_wait",
@@ -84,8 +86,24 @@ class Counters:
         self.calls_crashed = 0
         self.calls_rejected = 0
         self.calls_cancelled = 0
+        self.calls_redispatched = 0
         self.restarts = 0
         self.recycled = 0
         self.start_failures = 0
         self.checkout_wait: deque[float] = deque(maxlen=keep)
         self.call_latency: deque[float] = deque(maxlen=keep)
+
+    def count(self, outcome: str, wait: float, latency: float) -> None:
+        """One finished call: ``ok``, ``failed``, ``timeout``, ``crashed`` or ``cancelled``."""
+        if outcome == "ok":
+            self.calls_ok += 1
+        elif outcome == "failed":
+            self.calls_failed += 1
+        elif outcome == "timeout":
+            self.calls_timed_out += 1
+        elif outcome == "crashed":
+            self.calls_crashed += 1
+        elif outcome == "cancelled":
+            self.calls_cancelled += 1
+        self.checkout_wait.append(wait)
+        self.call_latency.append(latency)

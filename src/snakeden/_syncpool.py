@@ -22,7 +22,8 @@ from snakeden._calls import Command
 from snakeden._channel import ChannelLost
 from snakeden._config import make_config
 from snakeden._core import PoolCore
-from snakeden._errors import CallTimeout, PoolClosed, PoolSaturated
+from snakeden._errors import PoolClosed, PoolSaturated
+from snakeden._handle import Cause
 from snakeden._pool import _UNSET, describe
 from snakeden._protocol import Kind, encode_header
 from snakeden._stats import PoolStats
@@ -87,38 +88,34 @@ class SyncPool(cf.Executor):
         name, flags, body = core.encode_call(cmd, args, kwargs, batch=batch)
         if timeout is _UNSET:
             timeout = cfg.call_timeout
-        w, waited = core.checkout_blocking(
-            cfg.queue_timeout if queue_timeout is _UNSET else queue_timeout
-        )
-        t1 = time.perf_counter()
-        channel = w.channel
-        assert channel is not None
-        ident = channel.next_id()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            frame = channel.request_blocking(
-                ident, encode_header(Kind.CALL, ident, len(body), flags) + body, deadline
+        attempt = 0
+        while True:
+            w, waited = core.checkout_blocking(
+                cfg.queue_timeout if queue_timeout is _UNSET else queue_timeout
             )
-        except TimeoutError:
-            core.worker_failed(w, "timeout")
-            core.release(w, "timeout", waited, time.perf_counter() - t1)
-            raise CallTimeout(
-                f"{name!r} did not finish within {timeout}s; worker {w.id} (pid {w.pid}) was "
-                f"killed and is being replaced"
-            ) from None
-        except ChannelLost as lost:
-            core.worker_failed(w, "crash")
+            t1 = time.perf_counter()
+            channel = w.channel
+            assert channel is not None
+            ident = channel.next_id()
+            deadline = None if timeout is None else time.monotonic() + timeout
             try:
+                frame = channel.request_blocking(
+                    ident, encode_header(Kind.CALL, ident, len(body), flags) + body, deadline
+                )
+            except TimeoutError:
+                raise core.call_timed_out(w, name, timeout, waited, t1) from None
+            except ChannelLost as lost:
+                if core.call_lost(w, lost, waited, t1, attempt):
+                    attempt += 1
+                    continue  # it never reached the worker: another one runs it
                 w.gone.wait(5.0)  # for the exit status and the last stderr lines
-            finally:
-                core.release(w, "crashed", waited, time.perf_counter() - t1)
-            raise core.crash_error(w, lost, name) from None
-        except BaseException:
-            # Interrupted mid-call (e.g. KeyboardInterrupt): the worker's state is unknown.
-            core.worker_failed(w, "interrupted")
-            core.release(w, None, waited, time.perf_counter() - t1)
-            raise
-        return core.finish_call(w, frame, name, batch=batch, waited=waited, t1=t1)
+                raise core.crash_error(w, lost, name) from None
+            except BaseException:
+                # Interrupted mid-call (e.g. KeyboardInterrupt): the worker's state is unknown.
+                core.worker_failed(w, Cause.INTERRUPTED)
+                core.release(w, None)
+                raise
+            return core.finish_call(w, frame, name, batch=batch, waited=waited, t1=t1)
 
     # --- Executor -----------------------------------------------------------------------------
 
