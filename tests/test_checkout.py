@@ -69,7 +69,7 @@ def queue(co: Checkout) -> ThreadWaiter:
 
 def test_lease_and_release_most_recently_used_first() -> None:
     co, _ = pool()
-    a, b = start(co, 2)
+    _a, b = start(co, 2)
     w = take(co)
     assert w is b and w.state is WState.BUSY and co.leased == 1
     assert co.release(w, "ok") is None  # back to idle: nothing for the supervisor to do
@@ -312,7 +312,7 @@ def test_growth_when_callers_queue_up_to_max_size() -> None:
     co, _ = pool(size=1, max_size=2)
     start(co)
     take(co)
-    got, grow = co.acquire(ThreadWaiter)
+    _got, grow = co.acquire(ThreadWaiter)
     assert grow
     assert co.plan_growth() and co.scheduled == 1
     _, grow = co.acquire(ThreadWaiter)
@@ -332,7 +332,7 @@ def test_no_growth_without_max_size() -> None:
 
 def test_idle_workers_above_size_shrink_and_pings_do_not_count_as_use() -> None:
     co, clock = pool(size=1, max_size=3, idle_timeout=30.0, health_interval=10.0)
-    a, b, c = start(co, 3)
+    a, _b, _c = start(co, 3)
     clock.now += 11
     assert sorted(what for _, what in co.due(clock())) == ["ping", "ping", "ping"]
     assert co.take_idle(a)  # leased for a ping
@@ -416,7 +416,7 @@ def test_broken_refuses_every_call_and_fails_waiters() -> None:
 
 def test_invariants_catch_a_leaked_lease() -> None:
     co, _ = pool(size=1)
-    (w,) = start(co)
+    (_w,) = start(co)
     take(co)
     co.leased += 1  # what the hand-off race did: a lease nobody holds
     with pytest.raises(AssertionError, match="leased=2 but workers hold 1"):
@@ -425,7 +425,7 @@ def test_invariants_catch_a_leaked_lease() -> None:
 
 def test_snapshot_counts_states() -> None:
     co, _ = pool(size=3)
-    a, b, c = start(co, 3)
+    a, _b, _c = start(co, 3)
     take(co)
     co.fail(a, Cause.UNHEALTHY)
     s = co.snapshot()
