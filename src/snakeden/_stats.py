@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Literal, assert_never
+
+#: How a call ended, as the core counts it (``calls_ok``, ``calls_failed``, ...).
+Outcome = Literal["ok", "failed", "timeout", "crashed", "cancelled"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,3 +93,20 @@ class Counters:
         self.start_failures = 0
         self.checkout_wait: deque[float] = deque(maxlen=keep)
         self.call_latency: deque[float] = deque(maxlen=keep)
+
+    def count_call(self, outcome: Outcome, wait: float, latency: float) -> None:
+        """Count one finished call: its outcome, checkout wait and latency (seconds)."""
+        if outcome == "ok":
+            self.calls_ok += 1
+        elif outcome == "failed":
+            self.calls_failed += 1
+        elif outcome == "timeout":
+            self.calls_timed_out += 1
+        elif outcome == "crashed":
+            self.calls_crashed += 1
+        elif outcome == "cancelled":
+            self.calls_cancelled += 1
+        else:
+            assert_never(outcome)  # a new Outcome needs its counter
+        self.checkout_wait.append(wait)
+        self.call_latency.append(latency)
