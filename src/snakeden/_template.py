@@ -40,7 +40,7 @@ import msgpack
 
 from snakeden._errors import WorkerStartError, describe_exit
 from snakeden._output import OutputTail
-from snakeden._process import LaunchSpec, WorkerProcess, make_pipes, worker_env
+from snakeden._process import LaunchSpec, WorkerProcess, make_pipes, start_child, worker_env
 
 log = logging.getLogger("snakeden")
 
@@ -100,8 +100,7 @@ class ForkLauncher:
     async def _start_template(self) -> None:
         assert self.loop is not None
         host_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
+        child_fd = child_sock.detach()  # start_child closes it
         argv = [self.python, "-m", "snakeden._template", self.target or ""]
         if self.preload:
             argv.append("--preload=" + ",".join(self.preload))
@@ -110,32 +109,18 @@ class ForkLauncher:
             worker_id="template", target=self.target, env=self.env, run_tag=self.run_tag
         )
         env = worker_env(spec, -1, -1, os.getpid())
-        env["SNAKEDEN_TEMPLATE_FD"] = str(child_sock.fileno())
+        env["SNAKEDEN_TEMPLATE_FD"] = str(child_fd)
         del env["SNAKEDEN_FDS"]
         try:
-            # On the loop thread on purpose, see SpawnLauncher.launch.
-            self.proc = subprocess.Popen(  # noqa: ASYNC220
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out_w,
-                stderr=err_w,
-                pass_fds=(child_sock.fileno(),),
-                env=env,
-                cwd=self.cwd,
-                process_group=0,
+            self.proc, out_r, err_r = start_child(
+                argv, env=env, cwd=self.cwd, child_fds=(child_fd,)
             )
         except OSError as exc:
-            for fd in (out_r, out_w, err_r, err_w):
-                os.close(fd)
             host_sock.close()
-            child_sock.close()
             raise WorkerStartError(
                 f"cannot start the fork template with interpreter {self.python!r}: {exc}",
                 {"template": str(exc)},
             ) from exc
-        child_sock.close()
-        os.close(out_w)
-        os.close(err_w)
         self.sock = host_sock
         host_sock.setblocking(False)
         self._tails = [
