@@ -80,8 +80,9 @@ class ForkLauncher:
         self.ready_info: dict[str, Any] = {}
         self._ready: asyncio.Future[dict[str, Any]] | None = None
         self._forks: dict[str, asyncio.Future[int]] = {}
-        self._workers: dict[int, WorkerProcess] = {}
-        self._early_exits: dict[int, int] = {}
+        # A forked worker and its exit report, whichever the host learnt of first (a worker that
+        # dies at once can be reaped before the host reads the fork reply); see _meet.
+        self._unmet: dict[int, WorkerProcess | int] = {}
         self._tails: list[OutputTail] = []
         self._tail_fds: tuple[int, ...] = ()
         self._restart_lock: asyncio.Lock | None = None
@@ -192,31 +193,35 @@ class ForkLauncher:
                     else:
                         fut.set_result(int(msg["pid"]))
             elif op == "exited":
-                pid, code = int(msg["pid"]), int(msg["returncode"])
-                wp = self._workers.pop(pid, None)
-                if wp is not None:
-                    wp.set_exited(code)
-                else:
-                    self._early_exits[pid] = code
+                self._meet(int(msg["pid"]), int(msg["returncode"]))
+
+    def _meet(self, pid: int, arrival: WorkerProcess | int) -> None:
+        """Pair a forked worker with its exit status (an int), in either order."""
+        other = self._unmet.pop(pid, None)
+        if isinstance(other, WorkerProcess) and isinstance(arrival, int):
+            other.set_exited(arrival)
+        elif isinstance(other, int) and isinstance(arrival, WorkerProcess):
+            arrival.set_exited(other)
+        else:  # the first to arrive (a stale status of a reused pid is replaced)
+            self._unmet[pid] = arrival
 
     def _template_gone(self) -> None:
         """The template died (or closed its socket). Its workers die with it (parent-death
         signal); their exit statuses are lost, so report them as killed."""
         assert self.loop is not None
-        if self.sock is not None:
-            with contextlib.suppress(Exception):
-                self.loop.remove_reader(self.sock.fileno())
-            self.sock.close()
-            self.sock = None
+        self._close_sock()
         for fut in self._forks.values():
             if not fut.done():
                 fut.set_exception(WorkerStartError("the fork template died", {}))
         self._forks.clear()
-        workers, self._workers = self._workers, {}
-        for wp in workers.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(wp.pid, signal.SIGKILL)
-            wp.set_exited(-signal.SIGKILL)
+        # Exit statuses still unmet came from the dead template: its pids may be reused by the
+        # next one's workers.
+        unmet, self._unmet = self._unmet, {}
+        for wp in unmet.values():
+            if isinstance(wp, WorkerProcess):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(wp.pid, signal.SIGKILL)
+                wp.set_exited(-signal.SIGKILL)
         if not self._closed:
             self._background = self.loop.create_task(self._report_template_exit())
 
@@ -281,11 +286,7 @@ class ForkLauncher:
                 os.close(fd)
             raise
         wp = WorkerProcess(pid, read_fd=host_r, write_fd=host_w, stdout_fd=out_r, stderr_fd=err_r)
-        code = self._early_exits.pop(pid, None)
-        if code is not None:
-            wp.set_exited(code)
-        else:
-            self._workers[pid] = wp
+        self._meet(pid, wp)
         return wp
 
     async def _reap_template(self) -> None:
@@ -300,12 +301,15 @@ class ForkLauncher:
                 os.close(fd)
         self._tail_fds = ()
 
-    async def _kill_template(self) -> None:
+    def _close_sock(self) -> None:
         if self.sock is not None and self.loop is not None:
             with contextlib.suppress(Exception):
                 self.loop.remove_reader(self.sock.fileno())
             self.sock.close()
             self.sock = None
+
+    async def _kill_template(self) -> None:
+        self._close_sock()
         await self._reap_template()
 
     async def close(self) -> None:
@@ -335,6 +339,14 @@ def _send(sock: socket.socket, msg: dict[str, Any]) -> None:
     sock.send(msgpack.packb(msg))
 
 
+def _fail(sock: socket.socket, text: str, type_name: str, message: str, tb: str) -> int:
+    """Report a failed start to the host, also on stderr (the host may be gone); the exit code."""
+    print(f"snakeden template: {text}", file=sys.stderr, flush=True)
+    with contextlib.suppress(OSError):
+        _send(sock, {"op": "error", "type": type_name, "message": message, "traceback": tb})
+    return EXIT_TEMPLATE_FAILED
+
+
 def _native_threads() -> int:
     try:
         return len(os.listdir("/proc/self/task"))
@@ -360,18 +372,7 @@ def template_main(argv: list[str]) -> int:
         loaded = _commands.import_target(target) if target else None
     except BaseException as exc:
         tb = "".join(traceback.format_exception(exc))
-        print(f"snakeden template: import failed\n{tb}", file=sys.stderr, flush=True)
-        with contextlib.suppress(OSError):
-            _send(
-                sock,
-                {
-                    "op": "error",
-                    "type": type(exc).__qualname__,
-                    "message": str(exc),
-                    "traceback": tb,
-                },
-            )
-        return EXIT_TEMPLATE_FAILED
+        return _fail(sock, f"import failed\n{tb}", type(exc).__qualname__, str(exc), tb)
     if threading.active_count() > 1:
         names = ", ".join(t.name for t in threading.enumerate() if t is not threading.main_thread())
         message = (
@@ -379,13 +380,7 @@ def template_main(argv: list[str]) -> int:
             f"forking a process with threads is unsafe. Start threads in set-up (setup()) "
             f"instead of at import, or use start_method='spawn'"
         )
-        print(f"snakeden template: {message}", file=sys.stderr, flush=True)
-        with contextlib.suppress(OSError):
-            _send(
-                sock,
-                {"op": "error", "type": "RuntimeError", "message": message, "traceback": message},
-            )
-        return EXIT_TEMPLATE_FAILED
+        return _fail(sock, message, "RuntimeError", message, message)
     ready: dict[str, Any] = {"op": "ready", "pid": os.getpid(), "threads": _native_threads()}
     if ready["threads"] > 1:
         ready["warning"] = (
