@@ -39,7 +39,7 @@ from typing import Any
 import msgpack
 
 from snakeden._errors import WorkerStartError, describe_exit
-from snakeden._output import OutputTail
+from snakeden._output import OutputTail, read_nonblocking, tail_text
 from snakeden._process import LaunchSpec, WorkerProcess, make_pipes, start_child, worker_env
 
 log = logging.getLogger("snakeden")
@@ -151,18 +151,15 @@ class ForkLauncher:
             log.warning("fork template for %r: %s", self.target, warning)
 
     def _stderr_text(self) -> str:
-        lines = list(self._tails[1].lines)[-20:] if self._tails else []
-        return ("\nlast stderr lines:\n  " + "\n  ".join(lines)) if lines else ""
+        return tail_text(self._tails[1].last(20)) if self._tails else ""
 
     def _on_message(self, *_: object) -> None:
         assert self.sock is not None
+        sock = self.sock
         while True:
-            try:
-                data, _fds, _flags, _addr = socket.recv_fds(self.sock, _MAX_MSG, 0)
-            except (BlockingIOError, InterruptedError):
+            data = read_nonblocking(lambda: sock.recv(_MAX_MSG))
+            if data is None:
                 return
-            except OSError:
-                data = b""
             if not data:
                 self._template_gone()
                 return
