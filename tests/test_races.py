@@ -261,4 +261,3 @@ def _wait_until(cond: Callable[[], bool], timeout: float = 60.0) -> None:
             return
         never.wait(0.005)
     raise AssertionError(f"not true within {timeout}s")
-

@@ -5,6 +5,7 @@ hangs, keep state between calls, and speak a small language-neutral protocol.
 """
 
 from snakeden._commands import command
+from snakeden._config import PoolOptions
 from snakeden._errors import (
     BadCall,
     CallError,
@@ -24,7 +25,7 @@ from snakeden._errors import (
     WorkerCrashed,
     WorkerStartError,
 )
-from snakeden._events import WorkerEvent
+from snakeden._events import EventKind, WorkerEvent
 from snakeden._pool import Pool
 from snakeden._stats import Percentiles, PoolStats
 from snakeden._syncpool import SyncPool
@@ -35,12 +36,14 @@ __all__ = [
     "BadCall",
     "CallError",
     "CallTimeout",
+    "EventKind",
     "PayloadTooLarge",
     "Percentiles",
     "Pool",
     "PoolBroken",
     "PoolClosed",
     "PoolError",
+    "PoolOptions",
     "PoolSaturated",
     "PoolStats",
     "ProtocolError",

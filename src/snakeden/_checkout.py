@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from snakeden._config import PoolConfig
 from snakeden._errors import PoolClosed, PoolSaturated
 from snakeden._handle import Cause, WorkerHandle, WState
-from snakeden._stats import Counters, Percentiles, PoolStats
+from snakeden._stats import Counters, Outcome, Percentiles, PoolStats
 
 
 class Phase(enum.Enum):
@@ -193,13 +193,13 @@ class Checkout:
             return got, self._drained()
 
     def release(
-        self, w: WorkerHandle, outcome: str | None, wait: float = 0.0, latency: float = 0.0
+        self, w: WorkerHandle, outcome: Outcome | None, wait: float = 0.0, latency: float = 0.0
     ) -> Actions | None:
         """Give back a lease. ``outcome`` (None: not a call, or a call that never ran) feeds the
         counters. Returns what to do next, or None when nothing is."""
         with self.lock:
             if outcome is not None:
-                self.counters.count(outcome, wait, latency)
+                self.counters.count_call(outcome, wait, latency)
                 w.calls += 1
                 w.last_used = self.clock()
             return self._settle(w)

@@ -2,28 +2,131 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, TypedDict, get_args
 
 from snakeden import _shm
 from snakeden._events import WorkerEvent
 from snakeden._protocol import DEFAULT_MAX_FRAME_SIZE
 
+StartMethod = Literal["auto", "fork", "spawn"]
+SerializerName = Literal["msgpack", "pickle"]
+
+
+class PoolOptions(TypedDict, total=False):
+    """The keyword options of :class:`snakeden.Pool` and :class:`snakeden.SyncPool`, all optional.
+
+    This is the one place they are documented; a misspelt one is an error for mypy and, at run
+    time, a ``TypeError`` that names the closest valid option.
+
+    Size and start-up:
+
+    * ``size`` (default: CPU count; ``0`` means the same): workers kept ready.
+    * ``max_size`` (default: ``size``): grow up to this many workers when calls queue;
+      ``idle_timeout`` (default: none) shrinks workers idle that many seconds back to ``size``.
+    * ``start_method`` (default ``"auto"``): ``"fork"`` forks workers warm from a template
+      process that imported the module once (Linux); ``"spawn"`` starts a fresh interpreter
+      each; ``"auto"`` forks where it can.
+    * ``preload`` (default ``()``): modules the fork template imports once (e.g. ``["numpy"]``).
+    * ``python`` (default: this interpreter): another interpreter or venv (``"auto"`` then
+      spawns).
+    * ``min_ready`` (default: ``size``): start returns once this many workers are ready
+      (``wait_ready()`` waits for the rest).
+    * ``start_timeout`` (default 60 s): how long a worker (or the template) may take to say hello.
+    * ``env`` (default: none), ``cwd`` (default: the host's): extra environment variables and
+      the working directory of the worker processes.
+
+    Calls:
+
+    * ``serializer`` (default ``"msgpack"``, language neutral): or ``"pickle"`` for Python-only
+      objects.
+    * ``call_timeout`` (default: none): a call running longer has its worker killed and replaced
+      and raises ``CallTimeout``; ``call(..., timeout=)`` overrides it per call.
+    * ``queue_timeout`` (default: none): how long a call may wait for a free worker
+      (``QueueTimeout``); ``max_queue`` (default 100000): callers that may wait at once
+      (beyond it, ``PoolSaturated``).
+    * ``pipeline`` (default 1): calls in flight per worker (asyncio ``Pool`` only). Above 1, a
+      call may queue behind another on a busy worker: more throughput for many tiny calls, less
+      fairness, and a crash fails every call queued on that worker.
+    * ``max_frame_size`` (default 256 MiB): the largest message either way (``PayloadTooLarge``).
+    * ``shm_threshold`` (default: none): zero-copy for large buffers: a bytes-like top-level
+      argument or result of at least this many bytes goes through ``/dev/shm`` instead of the
+      pipe and arrives as a read-only ``memoryview`` (msgpack serializer; also lifts
+      ``max_frame_size`` for it).
+    * ``cancel_grace`` (default 5 s): a worker whose caller was cancelled gets this long to
+      stop the call before it is killed.
+
+    Health and recycling:
+
+    * ``max_calls``, ``max_age``, ``max_memory`` (default: none): recycle a worker after N calls
+      (±10% jitter), T seconds, or USS bytes; ``memory_check_interval`` (default 2 s): how
+      often ``max_memory`` is checked.
+    * ``health_interval`` (default 10 s; ``None``: off), ``ping_timeout`` (default 5 s): idle
+      workers are pinged; a silent or stopped one is replaced.
+    * ``restart_backoff`` (default 0.05 s), ``restart_backoff_max`` (default 5 s): the wait
+      before restarting after consecutive start failures, doubling up to the maximum;
+      ``max_start_failures`` (default 5): that many in a row break the pool (``PoolBroken``).
+    * ``shutdown_timeout`` (default 5 s): on close, how long a worker may take to exit after
+      SHUTDOWN before SIGTERM (then SIGKILL).
+
+    Observation:
+
+    * ``on_event`` (default: none): a callback receiving a :class:`WorkerEvent` for each
+      lifecycle event (started, ready, crashed, timed_out, recycled, replaced, ...).
+    * ``clock`` (default ``time.monotonic``): the pool's clock, injectable for tests.
+    """
+
+    size: int
+    max_size: int | None
+    start_method: StartMethod
+    preload: Iterable[str]
+    python: str | None
+    serializer: SerializerName
+    max_queue: int
+    queue_timeout: float | None
+    call_timeout: float | None
+    start_timeout: float
+    shutdown_timeout: float
+    cancel_grace: float
+    max_frame_size: int
+    env: Mapping[str, str] | None
+    cwd: str | None
+    max_calls: int | None
+    max_age: float | None
+    max_memory: int | None
+    memory_check_interval: float
+    health_interval: float | None
+    ping_timeout: float
+    idle_timeout: float | None
+    min_ready: int | None
+    pipeline: int
+    shm_threshold: int | None
+    restart_backoff: float
+    restart_backoff_max: float
+    max_start_failures: int
+    on_event: Callable[[WorkerEvent], None] | None
+    clock: Callable[[], float]
+
+
+#: The option names, from the TypedDict (a test keeps them equal to PoolConfig's fields).
+OPTION_NAMES: tuple[str, ...] = tuple(PoolOptions.__annotations__)
+
 
 @dataclass(frozen=True)
 class PoolConfig:
-    """Every knob of a pool. See ``Pool`` for what each means."""
+    """Every knob of a pool, as the fronts' options (:class:`PoolOptions`) become it."""
 
     target: str | None = None
     size: int = 0  # 0 -> os.cpu_count()
     max_size: int | None = None
-    start_method: str = "auto"
+    start_method: StartMethod = "auto"
     preload: tuple[str, ...] = ()
     python: str | None = None
-    serializer: str = "msgpack"
+    serializer: SerializerName = "msgpack"
     max_queue: int = 100_000
     queue_timeout: float | None = None
     call_timeout: float | None = None
@@ -62,10 +165,8 @@ class PoolConfig:
             raise ValueError("size and max_size must be positive")
         if self.max_size is not None and self.max_size < self.min_size:
             raise ValueError(f"max_size ({self.max_size}) is below size ({self.min_size})")
-        if self.serializer not in ("msgpack", "pickle"):
-            raise ValueError(f"serializer must be 'msgpack' or 'pickle', not {self.serializer!r}")
-        if self.start_method not in ("auto", "fork", "spawn"):
-            raise ValueError(f"start_method must be auto, fork or spawn: {self.start_method!r}")
+        _check_choice("start_method", self.start_method, get_args(StartMethod))
+        _check_choice("serializer", self.serializer, get_args(SerializerName))
         if self.max_queue < 0:
             raise ValueError("max_queue must be >= 0")
         if self.pipeline < 1:
@@ -79,9 +180,36 @@ class PoolConfig:
             raise ValueError(f"min_ready must be between 1 and size ({self.min_size})")
 
 
-def make_config(target: str | None, kwargs: dict[str, Any]) -> PoolConfig:
+def _check_choice(option: str, value: object, choices: tuple[str, ...]) -> None:
+    if value in choices:
+        return
+    valid = ", ".join(repr(c) for c in choices)
+    raise ValueError(
+        f"{option} must be one of {valid}, not {value!r}" + _did_you_mean(value, choices)
+    )
+
+
+def _did_you_mean(value: object, choices: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(value, choices, n=1) if isinstance(value, str) else []
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def make_config(target: str | None, options: Mapping[str, object]) -> PoolConfig:
+    """The config for the fronts' keyword ``options``; unknown names are refused here, since
+    ``**options`` is only checked by a type checker, and not every caller runs one."""
+    unknown = [name for name in options if name not in OPTION_NAMES]
+    if unknown:
+        name = unknown[0]
+        raise TypeError(
+            f"unknown pool option {name!r}{_did_you_mean(name, OPTION_NAMES)}; the options are: "
+            f"{', '.join(OPTION_NAMES)} (documented in snakeden.PoolOptions)"
+        )
+    kwargs: dict[str, Any] = dict(options)
     if "preload" in kwargs:
+        if isinstance(kwargs["preload"], str):
+            # tuple("numpy") would import "n", "u", ...: a list of names is meant.
+            raise TypeError(f"preload takes a list of module names, not {kwargs['preload']!r}")
         kwargs["preload"] = tuple(kwargs["preload"])
-    if "env" in kwargs and kwargs["env"] is None:
-        kwargs["env"] = {}
+    if "env" in kwargs:
+        kwargs["env"] = dict(kwargs["env"] or {})
     return PoolConfig(target=target, **kwargs)

@@ -47,10 +47,11 @@ from snakeden._errors import (
 )
 from snakeden._events import EventHub
 from snakeden._handle import Cause, WorkerHandle
+from snakeden._output import tail_text
 from snakeden._process import Launcher, SpawnLauncher
 from snakeden._protocol import Frame, ProtocolViolation
 from snakeden._reaper import RunRecord, reap_leftovers
-from snakeden._stats import PoolStats
+from snakeden._stats import Outcome, PoolStats
 from snakeden._supervisor import Supervisor
 
 # A call is sent again when its worker provably never had it; a bound, so that a pool whose
@@ -168,7 +169,7 @@ class PoolCore:
         )
 
     def release(
-        self, w: WorkerHandle, outcome: str | None, wait: float = 0.0, latency: float = 0.0
+        self, w: WorkerHandle, outcome: Outcome | None, wait: float = 0.0, latency: float = 0.0
     ) -> None:
         """Give a lease back; ``outcome`` feeds the counters (None: not a call that ran)."""
         self.sup.act(self.checkout.release(w, outcome, wait, latency))
@@ -265,9 +266,9 @@ class PoolCore:
             head = f"worker {w.id} (pid {w.pid}) died while running {command!r}: {what}"
             if lost.unsent:
                 head += f" (it died before the call reached it, {MAX_DISPATCHES} times in a row)"
-        if tail:
-            head += "\nlast stderr lines:\n  " + "\n  ".join(tail)
-        return cls(head, exitcode=code, stderr_tail=tail, worker_id=w.id, pid=w.pid)
+        return cls(
+            head + tail_text(tail), exitcode=code, stderr_tail=tail, worker_id=w.id, pid=w.pid
+        )
 
     async def wait_gone(self, w: WorkerHandle, timeout: float = 5.0) -> None:
         await self.sup.wait_gone(w, timeout)

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, get_args
 
 if TYPE_CHECKING:
     from snakeden._handle import WorkerHandle
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("snakeden")
 
 #: Event kinds, in rough lifecycle order.
-EVENT_KINDS = (
+EventKind = Literal[
     "started",  # the process exists (launched)
     "ready",  # it said HELLO; duration = launch to ready
     "start_failed",
@@ -32,12 +32,13 @@ EVENT_KINDS = (
     "replaced",  # its replacement is ready (detail: the new worker's id)
     "shrunk",  # retired for being idle past idle_timeout
     "backoff",  # (pool-wide) waiting ``duration`` seconds before restarting after failures
-)
+]
+EVENT_KINDS: tuple[EventKind, ...] = get_args(EventKind)
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerEvent:
-    kind: str
+    kind: EventKind
     worker_id: str
     pid: int | None
     at: float  # the pool clock's reading
@@ -50,14 +51,14 @@ class EventHub:
         self.callback = callback
         self.clock = clock
 
-    def emit(self, kind: str, w: WorkerHandle, t0: float | None, *, detail: str = "") -> None:
+    def emit(self, kind: EventKind, w: WorkerHandle, t0: float | None, *, detail: str = "") -> None:
         if self.callback is None:
             return
         duration = time.perf_counter() - t0 if t0 is not None else None
         event = WorkerEvent(kind, w.id, w.pid, self.clock(), duration, detail)
         self._deliver(event)
 
-    def emit_plain(self, kind: str, duration: float | None, detail: str) -> None:
+    def emit_plain(self, kind: EventKind, duration: float | None, detail: str) -> None:
         """An event about the pool rather than one worker (e.g. restart back-off)."""
         if self.callback is not None:
             self._deliver(WorkerEvent(kind, "", None, self.clock(), duration, detail))

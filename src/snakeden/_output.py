@@ -10,11 +10,28 @@ import asyncio
 import logging
 import os
 from collections import deque
+from collections.abc import Callable, Sequence
 
 logger = logging.getLogger("snakeden.worker")
 
 _CHUNK = 65536
 _MAX_LINE = 64 * 1024  # longer "lines" (binary floods) are cut so memory stays bounded
+
+
+def tail_text(lines: Sequence[str]) -> str:
+    """What an error about a dead or failed process appends: its last stderr lines, if any."""
+    return ("\nlast stderr lines:\n  " + "\n  ".join(lines)) if lines else ""
+
+
+def read_nonblocking(read: Callable[[], bytes]) -> bytes | None:
+    """``read()`` from a non-blocking fd or socket: ``None`` when nothing is there yet, ``b""``
+    at end of file, and ``b""`` too on an error, since the writer is as gone as at the end."""
+    try:
+        return read()
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""
 
 
 class OutputTail:
@@ -34,20 +51,20 @@ class OutputTail:
         os.set_blocking(fd, False)
         self._fd = fd
         self._loop = loop
-        loop.add_reader(fd, self._on_readable)
+        loop.add_reader(fd, self._read_chunk)
 
-    def _on_readable(self) -> None:
-        assert self._fd is not None
-        try:
-            data = os.read(self._fd, _CHUNK)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
+    def _read_chunk(self) -> bool:
+        """Read and log one chunk; False when there was none (yet, or any more)."""
+        fd = self._fd
+        assert fd is not None
+        data = read_nonblocking(lambda: os.read(fd, _CHUNK))
+        if data is None:
+            return False
         if not data:
             self.detach()
-            return
+            return False
         self.feed(data)
+        return True
 
     def feed(self, data: bytes) -> None:
         chunk = self._partial + data
@@ -72,19 +89,14 @@ class OutputTail:
                 extra={"worker_id": self.worker_id, "worker_pid": self.pid, "stream": self.stream},
             )
 
+    def last(self, n: int) -> list[str]:
+        """The last ``n`` lines kept."""
+        return list(self.lines)[-n:]
+
     def drain(self) -> None:
         """Read whatever is left right now (used before building a crash report)."""
-        if self._fd is None:
-            return
-        while True:
-            try:
-                data = os.read(self._fd, _CHUNK)
-            except (BlockingIOError, InterruptedError, OSError):
-                return
-            if not data:
-                self.detach()
-                return
-            self.feed(data)
+        while self._fd is not None and self._read_chunk():
+            pass
 
     def detach(self) -> None:
         if self._loop is not None and self._fd is not None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Unpack
 
 from snakeden._calls import Command
 from snakeden._channel import ChannelLost
-from snakeden._config import make_config
+from snakeden._config import PoolOptions, make_config
 from snakeden._core import PoolCore
 from snakeden._errors import PoolClosed
 from snakeden._handle import Cause, WorkerHandle
@@ -29,24 +29,12 @@ class Pool:
     """A pool of warm worker processes, for asyncio.
 
     ``target`` names the worker module (``"pkg.mod"``) or a class in it (``"pkg.mod:Model"``),
-    or is ``None`` for a pool that only runs functions by reference.
-
-    Keyword arguments (all optional):
-
-    * ``size``: workers to keep (default: CPU count); ``max_size`` lets it grow under load and
-      ``idle_timeout`` shrinks it back.
-    * ``start_method``: ``"fork"`` (warm from a template), ``"spawn"`` or ``"auto"``; ``preload``:
-      modules the template imports once; ``python``: another interpreter (spawn only).
-    * ``serializer``: ``"msgpack"`` (default, language neutral) or ``"pickle"`` (Python objects).
-    * ``call_timeout``, ``queue_timeout``, ``max_queue``, ``start_timeout``, ``shutdown_timeout``,
-      ``cancel_grace``, ``max_frame_size``.
-    * ``max_calls``, ``max_age``, ``max_memory``: recycling; ``health_interval``, ``ping_timeout``.
-    * ``min_ready``: return from start once this many workers are ready.
-    * ``on_event``: a callback receiving :class:`WorkerEvent` for each lifecycle event.
-    * ``env``, ``cwd``: for the worker processes; ``clock``: injectable monotonic clock.
+    or is ``None`` for a pool that only runs functions by reference. The keyword options (size,
+    start method, timeouts, recycling, ...) are all optional and documented in one place:
+    :class:`snakeden.PoolOptions`.
     """
 
-    def __init__(self, target: str | None = None, **options: Any) -> None:
+    def __init__(self, target: str | None = None, **options: Unpack[PoolOptions]) -> None:
         self.config = make_config(target, options)
         self.config.validate()
         self._core: PoolCore | None = None

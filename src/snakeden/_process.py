@@ -148,6 +148,42 @@ def worker_env(spec: LaunchSpec, rfd: int, wfd: int, parent_pid: int) -> dict[st
     return env
 
 
+def start_child(
+    argv: list[str], *, env: dict[str, str], cwd: str | None, child_fds: tuple[int, ...]
+) -> tuple[subprocess.Popen[bytes], int, int]:
+    """Start a worker or template: in its own process group (so a kill takes what it starts
+    along), stdout and stderr on fresh pipes, ``child_fds`` inherited.
+
+    Returns the process and the host's ends of its stdout and stderr. ``child_fds`` are the
+    child's: they are closed here, also when the start fails (``OSError``, with every pipe
+    closed).
+    """
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    try:
+        # The launchers call this on the loop thread, not in an executor, on purpose: fork+exec
+        # takes ~1 ms, and the child's parent-death signal is tied to the thread that forked
+        # it, which must outlive it.
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out_w,
+            stderr=err_w,
+            pass_fds=child_fds,
+            env=env,
+            cwd=cwd,
+            process_group=0,
+        )
+    except BaseException:
+        for fd in (out_r, err_r):
+            os.close(fd)
+        raise
+    finally:
+        for fd in (*child_fds, out_w, err_w):
+            os.close(fd)
+    return proc, out_r, err_r
+
+
 class PidfdWatcher:
     """Turns process exit into a loop callback using pidfds (Linux >= 5.3), else a thread."""
 
@@ -189,35 +225,25 @@ class SpawnLauncher:
     async def launch(self, spec: LaunchSpec) -> WorkerProcess:
         assert self._watcher is not None, "launcher not started"
         host_r, worker_w, worker_r, host_w = make_pipes()
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
         argv = [spec.python, "-m", "snakeden.worker"]
         if spec.target:
             argv.append(spec.target)
         argv.append(f"--snakeden-run={spec.run_tag}")
         try:
-            # Popen on the loop thread on purpose: fork+exec takes ~1 ms, and the worker's
-            # parent-death signal is tied to the thread that forked it, which must outlive it.
-            proc = subprocess.Popen(  # noqa: ASYNC220
+            proc, out_r, err_r = start_child(
                 argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out_w,
-                stderr=err_w,
-                pass_fds=(worker_r, worker_w),
                 env=worker_env(spec, worker_r, worker_w, os.getpid()),
                 cwd=spec.cwd,
-                process_group=0,
+                child_fds=(worker_r, worker_w),
             )
         except OSError as exc:
-            for fd in (host_r, worker_w, worker_r, host_w, out_r, out_w, err_r, err_w):
-                os.close(fd)
+            os.close(host_r)
+            os.close(host_w)
             raise WorkerStartError(
                 f"cannot start worker {spec.worker_id} with interpreter {spec.python!r}: {exc}. "
                 f"Check the path (python=...) and that it has snakeden installed",
                 {spec.worker_id: str(exc)},
             ) from exc
-        for fd in (worker_r, worker_w, out_w, err_w):
-            os.close(fd)
         wp = WorkerProcess(
             proc.pid, read_fd=host_r, write_fd=host_w, stdout_fd=out_r, stderr_fd=err_r
         )

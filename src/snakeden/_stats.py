@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Literal, assert_never
+
+#: How a call ended, as the core counts it (``calls_ok``, ``calls_failed``, ...).
+Outcome = Literal["ok", "failed", "timeout", "crashed", "cancelled"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +97,8 @@ class Counters:
         self.checkout_wait: deque[float] = deque(maxlen=keep)
         self.call_latency: deque[float] = deque(maxlen=keep)
 
-    def count(self, outcome: str, wait: float, latency: float) -> None:
-        """One finished call: ``ok``, ``failed``, ``timeout``, ``crashed`` or ``cancelled``."""
+    def count_call(self, outcome: Outcome, wait: float, latency: float) -> None:
+        """Count one finished call: its outcome, checkout wait and latency (seconds)."""
         if outcome == "ok":
             self.calls_ok += 1
         elif outcome == "failed":
@@ -105,5 +109,7 @@ class Counters:
             self.calls_crashed += 1
         elif outcome == "cancelled":
             self.calls_cancelled += 1
+        else:
+            assert_never(outcome)  # a new Outcome needs its counter
         self.checkout_wait.append(wait)
         self.call_latency.append(latency)

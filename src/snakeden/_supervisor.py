@@ -33,9 +33,9 @@ from snakeden._channel import Channel, ChannelLost
 from snakeden._checkout import Actions, Checkout, Phase
 from snakeden._config import PoolConfig
 from snakeden._errors import PoolBroken, PoolClosed, WorkerStartError, describe_exit
-from snakeden._events import EventHub
+from snakeden._events import EventHub, EventKind
 from snakeden._handle import Cause, WorkerHandle
-from snakeden._output import OutputTail
+from snakeden._output import OutputTail, tail_text
 from snakeden._process import Launcher, LaunchSpec
 from snakeden._protocol import PROTOCOL_VERSION, Frame, Kind, decode_body, encode_frame
 from snakeden._reaper import RunRecord
@@ -226,15 +226,15 @@ class Supervisor:
             raise WorkerStartError(
                 f"worker {w.id} (pid {proc.pid}) did not say hello within "
                 f"{self.config.start_timeout}s; its module may be slow to import (raise "
-                f"start_timeout) or stuck" + tail_text(w),
+                f"start_timeout) or stuck" + tail_text(w.stderr_tail(20)),
                 {w.id: "start timeout"},
             ) from None
         except ChannelLost as lost:
             await self.wait_gone(w, 5.0)
             raise WorkerStartError(
                 f"worker {w.id} (pid {proc.pid}) died during start-up: "
-                f"{describe_exit(proc.returncode)}" + tail_text(w),
-                {w.id: describe_exit(proc.returncode) + tail_text(w)},
+                f"{describe_exit(proc.returncode)}" + tail_text(w.stderr_tail(20)),
+                {w.id: describe_exit(proc.returncode) + tail_text(w.stderr_tail(20))},
             ) from lost
         self._check_hello(w, frame)
         if self.blocking:
@@ -342,7 +342,7 @@ class Supervisor:
 
     def _report_exit(self, w: WorkerHandle, when: str) -> None:
         assert w.proc is not None and w.cause is not None
-        kind = "timed_out" if w.cause is Cause.TIMEOUT else "crashed"
+        kind: EventKind = "timed_out" if w.cause is Cause.TIMEOUT else "crashed"
         detail = describe_exit(w.proc.returncode)
         if w.cause is not Cause.EXITED:
             detail = f"{w.cause.value}: {detail}"
@@ -467,11 +467,6 @@ class Supervisor:
         await asyncio.gather(*(self.stop_worker(w) for w in workers), return_exceptions=True)
         for w in workers:
             await self.wait_gone(w, 5.0)
-
-
-def tail_text(w: WorkerHandle) -> str:
-    tail = w.stderr_tail(20)
-    return ("\nlast stderr lines:\n  " + "\n  ".join(tail)) if tail else ""
 
 
 def _uss(pid: int) -> int | None:

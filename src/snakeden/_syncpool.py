@@ -16,11 +16,11 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Unpack
 
 from snakeden._calls import Command
 from snakeden._channel import ChannelLost
-from snakeden._config import make_config
+from snakeden._config import PoolOptions, make_config
 from snakeden._core import PoolCore
 from snakeden._errors import PoolClosed, PoolSaturated
 from snakeden._handle import Cause
@@ -34,12 +34,13 @@ _Item = tuple[cf.Future[Any], Command, tuple[Any, ...], dict[str, Any], bool, fl
 class SyncPool(cf.Executor):
     """A pool of warm worker processes for threaded code; safe from many threads at once.
 
-    Takes the same arguments as :class:`snakeden.Pool`. The pool is started (all workers
-    ready, or ``min_ready`` of them) when the constructor returns; a worker that cannot start
-    raises :class:`WorkerStartError` here.
+    Takes the same arguments as :class:`snakeden.Pool`, options documented in
+    :class:`snakeden.PoolOptions`. The pool is started (all workers ready, or ``min_ready`` of
+    them) when the constructor returns; a worker that cannot start raises
+    :class:`WorkerStartError` here.
     """
 
-    def __init__(self, target: str | None = None, **options: Any) -> None:
+    def __init__(self, target: str | None = None, **options: Unpack[PoolOptions]) -> None:
         self.config = make_config(target, options)
         self.config.validate()
         self._loop = asyncio.new_event_loop()

@@ -39,8 +39,8 @@ from typing import Any
 import msgpack
 
 from snakeden._errors import WorkerStartError, describe_exit
-from snakeden._output import OutputTail
-from snakeden._process import LaunchSpec, WorkerProcess, make_pipes, worker_env
+from snakeden._output import OutputTail, read_nonblocking, tail_text
+from snakeden._process import LaunchSpec, WorkerProcess, make_pipes, start_child, worker_env
 
 log = logging.getLogger("snakeden")
 
@@ -80,8 +80,9 @@ class ForkLauncher:
         self.ready_info: dict[str, Any] = {}
         self._ready: asyncio.Future[dict[str, Any]] | None = None
         self._forks: dict[str, asyncio.Future[int]] = {}
-        self._workers: dict[int, WorkerProcess] = {}
-        self._early_exits: dict[int, int] = {}
+        # A forked worker and its exit report, whichever the host learnt of first (a worker that
+        # dies at once can be reaped before the host reads the fork reply); see _meet.
+        self._unmet: dict[int, WorkerProcess | int] = {}
         self._tails: list[OutputTail] = []
         self._tail_fds: tuple[int, ...] = ()
         self._restart_lock: asyncio.Lock | None = None
@@ -100,8 +101,7 @@ class ForkLauncher:
     async def _start_template(self) -> None:
         assert self.loop is not None
         host_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
+        child_fd = child_sock.detach()  # start_child closes it
         argv = [self.python, "-m", "snakeden._template", self.target or ""]
         if self.preload:
             argv.append("--preload=" + ",".join(self.preload))
@@ -110,32 +110,18 @@ class ForkLauncher:
             worker_id="template", target=self.target, env=self.env, run_tag=self.run_tag
         )
         env = worker_env(spec, -1, -1, os.getpid())
-        env["SNAKEDEN_TEMPLATE_FD"] = str(child_sock.fileno())
+        env["SNAKEDEN_TEMPLATE_FD"] = str(child_fd)
         del env["SNAKEDEN_FDS"]
         try:
-            # On the loop thread on purpose, see SpawnLauncher.launch.
-            self.proc = subprocess.Popen(  # noqa: ASYNC220
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out_w,
-                stderr=err_w,
-                pass_fds=(child_sock.fileno(),),
-                env=env,
-                cwd=self.cwd,
-                process_group=0,
+            self.proc, out_r, err_r = start_child(
+                argv, env=env, cwd=self.cwd, child_fds=(child_fd,)
             )
         except OSError as exc:
-            for fd in (out_r, out_w, err_r, err_w):
-                os.close(fd)
             host_sock.close()
-            child_sock.close()
             raise WorkerStartError(
                 f"cannot start the fork template with interpreter {self.python!r}: {exc}",
                 {"template": str(exc)},
             ) from exc
-        child_sock.close()
-        os.close(out_w)
-        os.close(err_w)
         self.sock = host_sock
         host_sock.setblocking(False)
         self._tails = [
@@ -165,18 +151,15 @@ class ForkLauncher:
             log.warning("fork template for %r: %s", self.target, warning)
 
     def _stderr_text(self) -> str:
-        lines = list(self._tails[1].lines)[-20:] if self._tails else []
-        return ("\nlast stderr lines:\n  " + "\n  ".join(lines)) if lines else ""
+        return tail_text(self._tails[1].last(20)) if self._tails else ""
 
     def _on_message(self, *_: object) -> None:
         assert self.sock is not None
+        sock = self.sock
         while True:
-            try:
-                data, _fds, _flags, _addr = socket.recv_fds(self.sock, _MAX_MSG, 0)
-            except (BlockingIOError, InterruptedError):
+            data = read_nonblocking(lambda: sock.recv(_MAX_MSG))
+            if data is None:
                 return
-            except OSError:
-                data = b""
             if not data:
                 self._template_gone()
                 return
@@ -207,31 +190,35 @@ class ForkLauncher:
                     else:
                         fut.set_result(int(msg["pid"]))
             elif op == "exited":
-                pid, code = int(msg["pid"]), int(msg["returncode"])
-                wp = self._workers.pop(pid, None)
-                if wp is not None:
-                    wp.set_exited(code)
-                else:
-                    self._early_exits[pid] = code
+                self._meet(int(msg["pid"]), int(msg["returncode"]))
+
+    def _meet(self, pid: int, arrival: WorkerProcess | int) -> None:
+        """Pair a forked worker with its exit status (an int), in either order."""
+        other = self._unmet.pop(pid, None)
+        if isinstance(other, WorkerProcess) and isinstance(arrival, int):
+            other.set_exited(arrival)
+        elif isinstance(other, int) and isinstance(arrival, WorkerProcess):
+            arrival.set_exited(other)
+        else:  # the first to arrive (a stale status of a reused pid is replaced)
+            self._unmet[pid] = arrival
 
     def _template_gone(self) -> None:
         """The template died (or closed its socket). Its workers die with it (parent-death
         signal); their exit statuses are lost, so report them as killed."""
         assert self.loop is not None
-        if self.sock is not None:
-            with contextlib.suppress(Exception):
-                self.loop.remove_reader(self.sock.fileno())
-            self.sock.close()
-            self.sock = None
+        self._close_sock()
         for fut in self._forks.values():
             if not fut.done():
                 fut.set_exception(WorkerStartError("the fork template died", {}))
         self._forks.clear()
-        workers, self._workers = self._workers, {}
-        for wp in workers.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(wp.pid, signal.SIGKILL)
-            wp.set_exited(-signal.SIGKILL)
+        # Exit statuses still unmet came from the dead template: its pids may be reused by the
+        # next one's workers.
+        unmet, self._unmet = self._unmet, {}
+        for wp in unmet.values():
+            if isinstance(wp, WorkerProcess):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(wp.pid, signal.SIGKILL)
+                wp.set_exited(-signal.SIGKILL)
         if not self._closed:
             self._background = self.loop.create_task(self._report_template_exit())
 
@@ -296,11 +283,7 @@ class ForkLauncher:
                 os.close(fd)
             raise
         wp = WorkerProcess(pid, read_fd=host_r, write_fd=host_w, stdout_fd=out_r, stderr_fd=err_r)
-        code = self._early_exits.pop(pid, None)
-        if code is not None:
-            wp.set_exited(code)
-        else:
-            self._workers[pid] = wp
+        self._meet(pid, wp)
         return wp
 
     async def _reap_template(self) -> None:
@@ -315,12 +298,15 @@ class ForkLauncher:
                 os.close(fd)
         self._tail_fds = ()
 
-    async def _kill_template(self) -> None:
+    def _close_sock(self) -> None:
         if self.sock is not None and self.loop is not None:
             with contextlib.suppress(Exception):
                 self.loop.remove_reader(self.sock.fileno())
             self.sock.close()
             self.sock = None
+
+    async def _kill_template(self) -> None:
+        self._close_sock()
         await self._reap_template()
 
     async def close(self) -> None:
@@ -350,6 +336,14 @@ def _send(sock: socket.socket, msg: dict[str, Any]) -> None:
     sock.send(msgpack.packb(msg))
 
 
+def _fail(sock: socket.socket, text: str, type_name: str, message: str, tb: str) -> int:
+    """Report a failed start to the host, also on stderr (the host may be gone); the exit code."""
+    print(f"snakeden template: {text}", file=sys.stderr, flush=True)
+    with contextlib.suppress(OSError):
+        _send(sock, {"op": "error", "type": type_name, "message": message, "traceback": tb})
+    return EXIT_TEMPLATE_FAILED
+
+
 def _native_threads() -> int:
     try:
         return len(os.listdir("/proc/self/task"))
@@ -375,18 +369,7 @@ def template_main(argv: list[str]) -> int:
         loaded = _commands.import_target(target) if target else None
     except BaseException as exc:
         tb = "".join(traceback.format_exception(exc))
-        print(f"snakeden template: import failed\n{tb}", file=sys.stderr, flush=True)
-        with contextlib.suppress(OSError):
-            _send(
-                sock,
-                {
-                    "op": "error",
-                    "type": type(exc).__qualname__,
-                    "message": str(exc),
-                    "traceback": tb,
-                },
-            )
-        return EXIT_TEMPLATE_FAILED
+        return _fail(sock, f"import failed\n{tb}", type(exc).__qualname__, str(exc), tb)
     if threading.active_count() > 1:
         names = ", ".join(t.name for t in threading.enumerate() if t is not threading.main_thread())
         message = (
@@ -394,13 +377,7 @@ def template_main(argv: list[str]) -> int:
             f"forking a process with threads is unsafe. Start threads in set-up (setup()) "
             f"instead of at import, or use start_method='spawn'"
         )
-        print(f"snakeden template: {message}", file=sys.stderr, flush=True)
-        with contextlib.suppress(OSError):
-            _send(
-                sock,
-                {"op": "error", "type": "RuntimeError", "message": message, "traceback": message},
-            )
-        return EXIT_TEMPLATE_FAILED
+        return _fail(sock, message, "RuntimeError", message, message)
     ready: dict[str, Any] = {"op": "ready", "pid": os.getpid(), "threads": _native_threads()}
     if ready["threads"] > 1:
         ready["warning"] = (

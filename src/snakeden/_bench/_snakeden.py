@@ -13,7 +13,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Final
 
 import snakeden
 from snakeden._bench._common import (
@@ -30,7 +30,7 @@ from snakeden._bench._common import (
 )
 from snakeden._bench._sync import SyncHandle, run_scenario
 
-START_METHOD = "auto"
+START_METHOD: Final = "auto"  # Final keeps its literal type, which the pool options require
 
 
 def unavailable() -> str | None:
