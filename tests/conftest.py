@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 import psutil
 import pytest
 
+from snakeden._core import PoolCore
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Spawned workers import tests.workers.*; make that independent of the cwd.
 os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -67,3 +69,22 @@ def assert_no_leftovers(timeout: float = 15.0) -> None:
 def no_leftover_processes() -> Iterator[None]:
     yield
     assert_no_leftovers()
+
+
+@pytest.fixture(autouse=True)
+def pool_books_balance(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """After every test, every pool it made must balance its books: no leaked lease, in_flight
+    equal to what workers really hold, the idle set and worker states in agreement, and a closed
+    pool with every worker dead and nothing queued."""
+    made: list[PoolCore] = []
+    orig = PoolCore.__init__
+
+    def record(self: PoolCore, *args: Any, **kwargs: Any) -> None:
+        orig(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(PoolCore, "__init__", record)
+    yield
+    for core in made:
+        if core.checkout.phase.value != "new":
+            core.check_invariants()
