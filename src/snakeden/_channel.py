@@ -81,6 +81,7 @@ class Channel:
         self._loop: asyncio.AbstractEventLoop | None = None  # set while attached
         self._on_lost: Callable[[ChannelLost], None] | None = None
         self._wbuf: deque[memoryview] = deque()
+        self._writing = False  # the loop watches write_fd for room
         self._batch: list[bytes | memoryview] | None = None
         self._rbuf = bytearray(_READ_SIZE)
         self._rview = memoryview(self._rbuf)
@@ -155,22 +156,9 @@ class Channel:
             self._write(b"".join(batch))
 
     def _write(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        if not self._wbuf:
-            try:
-                n = os.write(self.write_fd, view)
-                self._written += n
-                view = view[n:]
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                self._lose(exc)
-                return
-            if not view:
-                return
-            assert self._loop is not None
-            self._loop.add_writer(self.write_fd, self._on_writable)
-        self._wbuf.append(view)
+        self._wbuf.append(memoryview(data))
+        if len(self._wbuf) == 1:  # else a write is already waiting for the pipe to drain
+            self._on_writable()
 
     def _on_writable(self) -> None:
         while self._wbuf:
@@ -178,17 +166,21 @@ class Channel:
             try:
                 n = os.write(self.write_fd, view)
             except BlockingIOError:
-                return
+                break
             except OSError as exc:
                 self._lose(exc)
                 return
             self._written += n
             if n < len(view):
                 self._wbuf[0] = view[n:]
-                return
+                break
             self._wbuf.popleft()
-        if self._loop is not None:
-            self._loop.remove_writer(self.write_fd)
+        if self._loop is not None and bool(self._wbuf) != self._writing:
+            self._writing = bool(self._wbuf)
+            if self._writing:
+                self._loop.add_writer(self.write_fd, self._on_writable)
+            else:
+                self._loop.remove_writer(self.write_fd)
 
     def _on_readable(self) -> None:
         try:

@@ -96,8 +96,7 @@ class Pool:
         core = self._running()
         cfg = self.config
         name, flags, body = core.encode_call(cmd, args, kwargs, batch=batch)
-        if timeout is _UNSET:
-            timeout = cfg.call_timeout
+        timeout = cfg.call_timeout if timeout is _UNSET else timeout
         attempt = 0
         while True:
             w, waited = await core.checkout_async(cfg.queue_timeout)

@@ -87,8 +87,7 @@ class SyncPool(cf.Executor):
         core = self._core
         cfg = self.config
         name, flags, body = core.encode_call(cmd, args, kwargs, batch=batch)
-        if timeout is _UNSET:
-            timeout = cfg.call_timeout
+        timeout = cfg.call_timeout if timeout is _UNSET else timeout
         attempt = 0
         while True:
             w, waited = core.checkout_blocking(
