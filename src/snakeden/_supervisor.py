@@ -432,22 +432,25 @@ class Supervisor:
     async def _ping(self, w: WorkerHandle) -> None:
         """Health check of a worker leased from the idle set."""
         assert w.channel is not None and w.proc is not None
-        cause = None
-        if _is_stopped(w.proc.pid):
-            cause = "stopped (SIGSTOP?)"
-        else:
-            ident = w.channel.next_id()
-            try:
-                await w.channel.roundtrip(
-                    ident, encode_frame(Kind.PING, ident), self.config.ping_timeout
-                )
-            except (TimeoutError, ChannelLost):
-                cause = "did not answer a ping"
-        if cause is not None:
-            log.warning("worker %s (pid %s) %s; replacing it", w.id, w.pid, cause)
-            self.events.emit("unhealthy", w, None, detail=cause)
-            self.fail(w, Cause.UNHEALTHY)
-        self.act(self.checkout.release(w, None))
+        try:
+            cause = None
+            if _is_stopped(w.proc.pid):
+                cause = "stopped (SIGSTOP?)"
+            else:
+                ident = w.channel.next_id()
+                try:
+                    await w.channel.roundtrip(
+                        ident, encode_frame(Kind.PING, ident), self.config.ping_timeout
+                    )
+                except (TimeoutError, ChannelLost):
+                    cause = "did not answer a ping"
+            if cause is not None:
+                log.warning("worker %s (pid %s) %s; replacing it", w.id, w.pid, cause)
+                self.events.emit("unhealthy", w, None, detail=cause)
+                self.fail(w, Cause.UNHEALTHY)
+        finally:
+            # Also when close() cancels the ping: the lease must not outlive the pool.
+            self.act(self.checkout.release(w, None))
 
     # --- shutdown --------------------------------------------------------------------------------
 
