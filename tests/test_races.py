@@ -261,3 +261,46 @@ def _wait_until(cond: Callable[[], bool], timeout: float = 60.0) -> None:
             return
         never.wait(0.005)
     raise AssertionError(f"not true within {timeout}s")
+
+
+@pytest.mark.parametrize("front", ["async", "sync"])
+def test_garbage_from_an_idle_worker_fails_no_call(front: str) -> None:
+    """A worker that writes garbage while idle is finished, but the next call never reached it:
+    the asyncio front notices at once (its reader watches idle channels), the thread front
+    when it checks the channel before writing."""
+    with tempfile.TemporaryDirectory() as tmp:
+        go = os.path.join(tmp, "go")
+        os.mkfifo(go)
+        done = Rendezvous(tmp, "done")
+
+        def tell_and_wait() -> None:
+            with open(go, "w") as f:
+                f.write("x")
+            assert done.wait() == "written"
+
+        if front == "sync":
+            with snakeden.SyncPool(FAULTS, size=1) as pool:
+                victim = pool.call("getpid")
+                pool.call("garbage_when_told", go, str(done))
+                tell_and_wait()
+                assert pool.call("getpid") != victim
+                s = pool.stats()
+                assert (s.calls_crashed, s.calls_redispatched, s.calls_ok) == (0, 1, 3)
+        else:
+
+            async def body() -> None:
+                rec = Recorder()
+                async with snakeden.Pool(FAULTS, size=1, on_event=rec) as pool:
+                    victim = await pool.call("getpid")
+                    await pool.call("garbage_when_told", go, str(done))
+                    with open(go, "w") as f:
+                        f.write("x")
+                    # Killed for it before it can say so: the pool's own report is the event.
+                    await rec.wait_count_async("crashed")
+                    (crashed,) = [e for e in rec.events if e.kind == "crashed"]
+                    assert "protocol error" in crashed.detail and crashed.pid == victim
+                    assert await pool.call("getpid") != victim
+                    s = pool.stats()
+                    assert s.calls_crashed == 0 and s.calls_ok == 3
+
+            run(body())

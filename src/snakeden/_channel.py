@@ -251,8 +251,24 @@ class Channel:
         """
         if self.lost is not None:
             raise self.lost.for_request(unsent=True)
+        self._check_idle_input()
         self.write_blocking(data, deadline)
         return self.read_reply_blocking(ident, deadline)
+
+    def _check_idle_input(self) -> None:
+        """Nobody reads a blocking channel between calls: what a worker wrote while idle (a
+        late reply, garbage, end of file) is read here, before the request is written, so a
+        broken worker fails a call that provably never reached it. One poll() per call."""
+        poller = select.poll()
+        poller.register(self.read_fd, select.POLLIN)
+        while poller.poll(0):
+            try:
+                n = os.readv(self.read_fd, [self._rbuf])
+                if not n:
+                    raise self._lost_blocking(None, unsent=True)
+                self.decoder.feed(self._rview[:n])  # late replies: dropped
+            except (OSError, ProtocolViolation) as exc:
+                raise self._lost_blocking(exc, unsent=True) from None
 
     def write_blocking(self, data: bytes | memoryview, deadline: float | None) -> None:
         view = memoryview(data)

@@ -6,6 +6,7 @@ import ctypes
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -98,3 +99,19 @@ def garbage(kind: str) -> None:
 @snakeden.command
 def huge_error(n: int) -> None:
     raise ValueError("x" * n)
+
+
+@snakeden.command
+def garbage_when_told(go: str, done: str) -> None:
+    """Answer now; later, while idle, write garbage on the channel once ``go`` (a FIFO) is
+    written, then write ``done`` (a FIFO the test waits on)."""
+    wfd = int(os.environ["SNAKEDEN_FDS"].split(",")[1])
+
+    def later() -> None:
+        with open(go) as f:
+            f.read(1)
+        os.write(wfd, b"\x7f\xff\xff\xff")
+        with open(done, "w") as f:
+            f.write("written")
+
+    threading.Thread(target=later, daemon=True).start()
