@@ -129,7 +129,7 @@ def test_worker_dying_right_after_hello_is_replaced(
                 gone = first | set(dying)
                 return any(e.kind == "ready" and e.pid not in gone for e in evs)
 
-            assert await log.wait_for_async(replaced, 15), (
+            assert await log.wait_for_async(replaced, 10), (
                 f"the worker that died right after its HELLO ({dying}) was never replaced; "
                 f"events: {[(e.kind, e.pid) for e in log.snapshot()]}"
             )
