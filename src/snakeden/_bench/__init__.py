@@ -12,8 +12,13 @@ __all__ = ["main"]
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark with command-line arguments ``argv`` (``--short``, ``--out DIR``,
-    ``--only NAMES``, ...); return the process exit status."""
+    ``--only NAMES``, ...; ``--soak [--minutes N]`` runs the chaos storms instead); return the
+    process exit status."""
     # Lazily: workers import snakeden._bench.workers / peer_tasks and must not pay for this.
+    if argv and "--soak" in argv:
+        from snakeden._bench._chaos import soak_main
+
+        return soak_main(argv)
     from snakeden._bench._harness import main as _main
 
     return _main(argv)

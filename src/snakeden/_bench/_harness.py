@@ -77,6 +77,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--reps", type=int, default=None, help="repetitions of every scenario")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    parser.add_argument(
+        "--soak",
+        action="store_true",
+        help="run the chaos storms for minutes instead (see snakeden bench --soak --help)",
+    )
     return parser.parse_args(argv)
 
 
