@@ -105,7 +105,12 @@ def test_worker_dying_right_after_hello_is_replaced(
 
     def on_event(event: snakeden.WorkerEvent) -> None:
         log(event)
-        if event.kind == "started" and flag.exists() and not dying and event.pid is not None:
+        if (
+            event.kind == "started"
+            and not dying
+            and event.pid is not None
+            and (flag.exists() or pathlib.Path(f"{flag}.{event.pid}").exists())
+        ):
             dying.append(event.pid)
             # This runs on the pool's loop: hold it until the new worker (which takes the flag
             # in its set-up) has said HELLO and died, 100 ms later.

@@ -159,15 +159,17 @@ DIE_AFTER_HELLO_ENV = "SNAKEDEN_CHAOS_DIE_AFTER_HELLO"
 
 class DiesAfterHello:
     """``snakeden._bench.chaos_worker:DiesAfterHello``: while the file named by
-    ``SNAKEDEN_CHAOS_DIE_AFTER_HELLO`` exists, the one worker whose set-up removes it says HELLO
-    and dies 100 ms later (a worker lost right after its handshake)."""
+    ``SNAKEDEN_CHAOS_DIE_AFTER_HELLO`` exists, the one worker whose set-up takes it (renames it
+    to ``<flag>.<pid>``) says HELLO and dies 100 ms later (lost right after its handshake)."""
 
     def setup(self) -> None:
         flag = os.environ.get(DIE_AFTER_HELLO_ENV)
         if not flag:
             return
         try:
-            os.unlink(flag)  # atomic: exactly one worker takes the flag
+            # Atomic: exactly one worker takes the flag, and its new name says which one, so
+            # a host that looks a moment later still knows.
+            os.rename(flag, f"{flag}.{os.getpid()}")
         except FileNotFoundError:
             return
         _die_in(0.1)
