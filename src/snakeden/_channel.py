@@ -83,6 +83,8 @@ class Channel:
         self._wbuf: deque[memoryview] = deque()
         self._writing = False  # the loop watches write_fd for room
         self._batch: list[bytes | memoryview] | None = None
+        self._rpoll = select.poll()  # kept: one per call would cost a syscall pair
+        self._rpoll.register(read_fd, select.POLLIN)
         self._rbuf = bytearray(_READ_SIZE)
         self._rview = memoryview(self._rbuf)
 
@@ -259,9 +261,7 @@ class Channel:
         """Nobody reads a blocking channel between calls: what a worker wrote while idle (a
         late reply, garbage, end of file) is read here, before the request is written, so a
         broken worker fails a call that provably never reached it. One poll() per call."""
-        poller = select.poll()
-        poller.register(self.read_fd, select.POLLIN)
-        while poller.poll(0):
+        while self._rpoll.poll(0):
             try:
                 n = os.readv(self.read_fd, [self._rbuf])
                 if not n:

@@ -106,6 +106,7 @@ class Checkout:
         self.size = config.min_size
         self.upper = config.upper_size
         self.depth = depth  # calls in flight per worker
+        self.memory_limited = config.max_memory is not None
         self.lock = threading.Lock()
         self.phase = Phase.NEW
         self.workers: dict[str, WorkerHandle] = {}
@@ -216,7 +217,7 @@ class Checkout:
                 if w.close_on_release:
                     w.close_on_release = False
                     act = Actions(close_fds=w)
-        elif self._wants_retirement(w):
+        elif (w.max_calls is not None or w.retiring) and self._wants_retirement(w):
             if w.inflight == 0:
                 w.move(WState.STOPPING, Cause.RETIRED)
                 self.counters.recycled += 1
@@ -236,13 +237,13 @@ class Checkout:
             if w.retiring and not was_retiring:
                 act = act or Actions()
                 act.ensure_capacity = True  # start the replacement now, so it is warm in time
-            if self.config.max_memory is not None and self.clock() >= w.next_memory_check:
+            if self.memory_limited and w.last_used >= w.next_memory_check:
                 # Whatever the queue: a busy pool must not outgrow its limit (checked off the
                 # hot path, by the supervisor).
-                w.next_memory_check = self.clock() + self.config.memory_check_interval
+                w.next_memory_check = w.last_used + self.config.memory_check_interval
                 act = act or Actions()
                 act.check_memory = w
-        if self._drained():
+        if self.phase is Phase.CLOSING and self._drained():
             act = act or Actions()
             act.drained = True
         return act

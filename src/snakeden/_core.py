@@ -35,7 +35,7 @@ from typing import Any
 from snakeden import _shm
 from snakeden._calls import Command, decode_reply, encode_call, unpack_batch
 from snakeden._channel import ChannelLost
-from snakeden._checkout import AsyncWaiter, Checkout, Phase, ThreadWaiter, Waiter
+from snakeden._checkout import AsyncWaiter, Checkout, Phase, ThreadWaiter
 from snakeden._config import PoolConfig
 from snakeden._errors import (
     CallTimeout,
@@ -103,16 +103,15 @@ class PoolCore:
 
     # --- taking a worker -----------------------------------------------------------------------
 
-    def _acquire(self, make_waiter: Any) -> WorkerHandle | Waiter:
-        got, grow = self.checkout.acquire(make_waiter)
-        if grow:
-            self.sup.call_soon(self.sup.grow)
-        return got
+    def _async_waiter(self) -> AsyncWaiter:
+        return AsyncWaiter(self.loop.create_future())
 
     async def checkout_async(self, queue_timeout: float | None) -> tuple[WorkerHandle, float]:
-        got = self._acquire(lambda: AsyncWaiter(self.loop.create_future()))
+        got, grow = self.checkout.acquire(self._async_waiter)
         if isinstance(got, WorkerHandle):
             return got, 0.0
+        if grow:
+            self.sup.call_soon(self.sup.grow)
         assert isinstance(got, AsyncWaiter)
         t0 = time.perf_counter()
         timer = None
@@ -134,9 +133,11 @@ class PoolCore:
         return w, time.perf_counter() - t0
 
     def checkout_blocking(self, queue_timeout: float | None) -> tuple[WorkerHandle, float]:
-        got = self._acquire(ThreadWaiter)
+        got, grow = self.checkout.acquire(ThreadWaiter)
         if isinstance(got, WorkerHandle):
             return got, 0.0
+        if grow:
+            self.sup.call_soon(self.sup.grow)
         assert isinstance(got, ThreadWaiter)
         t0 = time.perf_counter()
         try:
@@ -172,7 +173,9 @@ class PoolCore:
         self, w: WorkerHandle, outcome: Outcome | None, wait: float = 0.0, latency: float = 0.0
     ) -> None:
         """Give a lease back; ``outcome`` feeds the counters (None: not a call that ran)."""
-        self.sup.act(self.checkout.release(w, outcome, wait, latency))
+        act = self.checkout.release(w, outcome, wait, latency)
+        if act is not None:
+            self.sup.act(act)
 
     # --- a call's way through ----------------------------------------------------------------
 

@@ -74,6 +74,14 @@ _MOVES: dict[WState, frozenset[WState]] = {
 }
 
 
+# Checked on every call's path (IDLE <-> BUSY), so as bits on the members: hashing an Enum
+# member runs Python code (enum.__hash__), a set lookup of a pair of them costs a microsecond.
+for _i, _state in enumerate(WState):
+    _state._bit = 1 << _i  # type: ignore[attr-defined]
+for _state, _targets in _MOVES.items():
+    _state._allowed = sum(t._bit for t in _targets)  # type: ignore[attr-defined]
+
+
 class BadTransition(AssertionError):
     """A bug in snakeden: a worker was moved along an edge its state diagram does not have."""
 
@@ -106,9 +114,9 @@ class WorkerHandle:
         self.gone_waiters: list[asyncio.Future[None]] = []
 
     def move(self, to: WState, cause: Cause | None = None) -> None:
-        if to not in _MOVES[self.state]:
+        if not to._bit & self.state._allowed:  # type: ignore[attr-defined]
             raise BadTransition(f"worker {self.id}: {self.state.value} -> {to.value}")
-        if to in (WState.STOPPING, WState.DEAD) and self.cause is None:
+        if self.cause is None and (to is WState.STOPPING or to is WState.DEAD):
             self.cause = cause or Cause.EXITED
         self.state = to
 
