@@ -1,10 +1,14 @@
 # Two entry points, both self-contained on a fresh machine (Python 3.11+, make, a C compiler):
-#   make demo   - create/reuse .venv, install snakeden, run the demo
-#   make test   - create/reuse .venv, install snakeden[test], run lint, types and the whole test suite
+#   make demo   - create/reuse .venv, install snakeden (its runtime dependencies only), run the demo
+#   make test   - create/reuse .venv, install snakeden[test,bench], run lint, types and the whole
+#                 test suite (the benchmark smoke tests need the bench extras)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+SUM := $(shell cksum < pyproject.toml | cut -d' ' -f1)
+# One stamp per install, named after pyproject.toml's checksum: an edit re-installs.
+RUN_STAMP := $(VENV)/.installed-run-$(SUM)
+DEV_STAMP := $(VENV)/.installed-dev-$(SUM)
 
 .PHONY: demo test lint bench bench-short clean
 
@@ -12,25 +16,30 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install -q -e '.[test,bench]'
-	rm -f $(VENV)/.installed-* && touch $(STAMP)
+$(RUN_STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q -e .
+	rm -f $(VENV)/.installed-run-* && touch $@
 
-demo: $(STAMP)
+# The extras include snakeden itself: a dev install also satisfies the demo.
+$(DEV_STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	rm -f $(VENV)/.installed-* && touch $@ $(RUN_STAMP)
+
+demo: $(RUN_STAMP)
 	$(BIN)/python -m snakeden demo
 
-lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+lint: $(DEV_STAMP)
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 	$(BIN)/mypy
 
 test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python -m snakeden bench
 
-bench-short: $(STAMP)
+bench-short: $(DEV_STAMP)
 	$(BIN)/python -m snakeden bench --short
 
 clean:

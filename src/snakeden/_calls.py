@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from snakeden import _shm
-from snakeden._commands import reference_of
+from snakeden._commands import ByValue, reference_of
 from snakeden._errors import (
     BadCall,
     PayloadTooLarge,
@@ -34,6 +34,10 @@ Command = str | Callable[..., Any]
 
 def command_name(cmd: Command) -> tuple[str, int]:
     """The wire name of a command and the flag bits it needs."""
+    if isinstance(cmd, ByValue):
+        # The callable itself is the call's first argument (see _commands.sendable). A plain
+        # str: pickle would otherwise send the ByValue class along with the name.
+        return str(cmd), BY_REFERENCE
     if isinstance(cmd, str):
         return cmd, 0
     if callable(cmd):

@@ -126,6 +126,17 @@ class CallTimeout(CallError, TimeoutError):
     """
 
 
+class NotAReference(CallError, TypeError, ValueError):
+    """**The function cannot be sent to a worker** (a lambda, a nested function, a bound method or
+    ``functools.partial`` with MessagePack, ...). The caller's fault; nothing was sent.
+
+    Workers import functions by name, so a function must be defined at module level in an
+    importable module; bound methods, partials and callable objects travel with
+    ``serializer="pickle"``. Also a ``TypeError`` (the wrong kind of callable) and, as before it
+    existed, a ``ValueError``.
+    """
+
+
 # --- the pool ----------------------------------------------------------------------------------
 
 

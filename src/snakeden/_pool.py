@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable
-from typing import Any, Unpack
+from typing import Any, NoReturn, Unpack
 
+from snakeden import _commands
 from snakeden._calls import Command
 from snakeden._channel import ChannelLost
 from snakeden._config import PoolOptions, make_config
@@ -23,6 +24,10 @@ from snakeden._protocol import Kind, encode_frame, encode_header
 from snakeden._stats import PoolStats
 
 _UNSET: Any = object()
+
+# The loop holds its tasks only weakly: without this, a pool its owner dropped while open would
+# be garbage together with its guard, which then never closes it.
+_GUARDS: set[asyncio.Task[None]] = set()
 
 
 class Pool:
@@ -35,9 +40,11 @@ class Pool:
     """
 
     def __init__(self, target: str | None = None, **options: Unpack[PoolOptions]) -> None:
+        refuse_in_host_script()
         self.config = make_config(target, options)
         self.config.validate()
         self._core: PoolCore | None = None
+        self._closed_by_caller: asyncio.Future[None] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -47,7 +54,26 @@ class Pool:
         loop = asyncio.get_running_loop()
         self._core = PoolCore(self.config, loop, blocking=False)
         await self._core.start()
+        self._closed_by_caller = loop.create_future()
+        guard = loop.create_task(self._close_with_the_loop(), name="snakeden-pool-guard")
+        _GUARDS.add(guard)
+        guard.add_done_callback(_GUARDS.discard)
         return self
+
+    async def _close_with_the_loop(self) -> None:
+        """Close the pool if it is still open when the loop's tasks are cancelled.
+
+        ``asyncio.run`` cancels every remaining task when its main coroutine returns, and runs
+        the loop until they finish: a pool left open then is closed here, while its loop still
+        runs, instead of leaving its workers running (the loop that watches them is gone).
+        """
+        assert self._closed_by_caller is not None and self._core is not None
+        try:
+            await self._closed_by_caller
+        except asyncio.CancelledError:
+            # Its callers were cancelled too: queued calls have no one to return to.
+            await self._core.aclose(cancel_pending=True)
+            raise
 
     async def __aenter__(self) -> Pool:
         return await self.start()
@@ -55,9 +81,22 @@ class Pool:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close(cancel_pending=exc_info[0] is not None)
 
+    def __enter__(self) -> NoReturn:
+        raise TypeError(
+            "snakeden.Pool is for asyncio: use 'async with snakeden.Pool(...)' in a coroutine; "
+            "in threaded code use 'with snakeden.SyncPool(...)'"
+        )
+
+    def __exit__(self, *exc_info: object) -> NoReturn:
+        raise TypeError("snakeden.Pool is for asyncio: use 'async with snakeden.Pool(...)'")
+
     async def close(self, *, cancel_pending: bool = False, timeout: float | None = None) -> None:
         """Drain in-flight and queued calls (or fail queued ones with ``PoolClosed`` when
-        ``cancel_pending``), then stop every worker: SHUTDOWN, SIGTERM, SIGKILL on a timer."""
+        ``cancel_pending``), then stop every worker: SHUTDOWN, SIGTERM, SIGKILL on a timer.
+
+        A pool still open when ``asyncio.run`` ends is closed then (``cancel_pending``)."""
+        if self._closed_by_caller is not None and not self._closed_by_caller.done():
+            self._closed_by_caller.set_result(None)
         if self._core is not None:
             await self._core.aclose(cancel_pending=cancel_pending, timeout=timeout)
 
@@ -77,7 +116,10 @@ class Pool:
     ) -> Any:
         """Run ``cmd(*args, **kwargs)`` on a worker and return its result.
 
-        ``cmd`` is a command name or an importable module-level function. ``timeout`` (default:
+        ``cmd`` is a command name or an importable module-level function (with
+        ``serializer="pickle"`` also a bound method, ``functools.partial`` or callable object,
+        sent pickled with each call); anything else raises :class:`NotAReference` here, before
+        anything is sent. ``timeout`` (default:
         the pool's ``call_timeout``) bounds the run; past it the worker is killed and replaced
         and :class:`CallTimeout` raised. ``timeout`` is reserved: a command taking a keyword
         named ``timeout`` gets it through ``call_with(..., kwargs={"timeout": ...})``.
@@ -93,6 +135,9 @@ class Pool:
         timeout: float | None = _UNSET,
         batch: bool = False,
     ) -> Any:
+        cmd, args = _commands.sendable(
+            cmd, args, pickle=self.config.serializer == "pickle", batch=batch
+        )
         core = self._running()
         cfg = self.config
         name, flags, body = core.encode_call(cmd, args, kwargs, batch=batch)
@@ -174,11 +219,16 @@ class Pool:
         """``[cmd(x) for x in iterable]`` across the pool, results in input order.
 
         ``chunksize > 1`` sends items in batches (one frame per chunk), which pays off for small,
-        fast items. ``star=True`` unpacks each item as the argument tuple. The first failure
-        raises; the other calls still run to completion.
+        fast items; below 1 is a ``ValueError``, as for ``ProcessPoolExecutor.map``. ``star=True``
+        unpacks each item as the argument tuple. The first failure raises; the other calls still
+        run to completion.
         """
+        if chunksize < 1:
+            raise ValueError(f"chunksize must be >= 1, not {chunksize!r}")
+        # Refused once, here, rather than by every one of the calls.
+        _commands.sendable(cmd, (), pickle=self.config.serializer == "pickle", batch=False)
         items = [tuple(x) if star else (x,) for x in iterable]
-        if chunksize <= 1:
+        if chunksize == 1:
             coros = [self.call_with(cmd, a, None, timeout=timeout) for a in items]
             return list(await asyncio.gather(*coros))
         chunks = [items[i : i + chunksize] for i in range(0, len(items), chunksize)]
@@ -203,6 +253,18 @@ class Pool:
 
     def __repr__(self) -> str:
         return describe(self, self._core)
+
+
+def refuse_in_host_script() -> None:
+    """A worker runs the host's script to find a function defined in it; a pool created by the
+    script's unguarded top level would start workers of its own there, and so on."""
+    if _commands.running_host_script():
+        raise RuntimeError(
+            "a snakeden worker is running this script to find a function defined in it, and "
+            "the script creates a pool as it is imported. Create pools under "
+            "'if __name__ == \"__main__\":' (the worker runs the script under another name), "
+            "or move the function to a module of its own"
+        )
 
 
 def describe(front: object, core: PoolCore | None) -> str:

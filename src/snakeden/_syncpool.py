@@ -5,6 +5,11 @@ blocks on the reply with ``poll()`` for the deadline, so a synchronous call pays
 hop. Supervision (start, handshake, exit watching, replacement, health, output capture) runs on a
 private event-loop thread, never on the call path. ``submit()`` hands calls to a small set of
 dispatcher threads (one per possible worker, since each blocks on one worker at a time).
+
+Like ``concurrent.futures``' executors, a pool still open when the interpreter exits first runs
+every call submitted to it, then stops its workers (a ``threading`` exit hook, which runs before
+non-daemon threads are joined, while the pool's daemon threads still work), and ``submit()``
+refuses new calls from then on.
 """
 
 from __future__ import annotations
@@ -12,35 +17,102 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import contextlib
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Unpack
+from typing import Any, NoReturn, Unpack
 
+from snakeden import _commands
 from snakeden._calls import Command
 from snakeden._channel import ChannelLost
 from snakeden._config import PoolOptions, make_config
 from snakeden._core import PoolCore
 from snakeden._errors import PoolClosed, PoolSaturated
 from snakeden._handle import Cause
-from snakeden._pool import _UNSET, describe
+from snakeden._pool import _UNSET, describe, refuse_in_host_script
 from snakeden._protocol import Kind, encode_header
 from snakeden._stats import PoolStats
 
 _Item = tuple[cf.Future[Any], Command, tuple[Any, ...], dict[str, Any], bool, float]
+
+# Pools not yet shut down, for the exit hook. Strong references on purpose: an open pool owns
+# processes and queued calls, so it is not garbage until it is shut down.
+_open_pools: set[SyncPool] = set()
+_interpreter_exiting = False
+_open_pools_lock = threading.Lock()
+
+# ProcessPoolExecutor's constructor argument names that mean something else here.
+_EXECUTOR_SPELLINGS = {
+    "max_tasks_per_child": "max_calls",
+    "mp_context": "start_method ('fork' or 'spawn')",
+    "initializer": "a class target ('module:Class') whose setup() runs once in each worker",
+    "initargs": "a class target ('module:Class') whose setup() runs once in each worker",
+}
+
+
+def _finish_open_pools() -> None:
+    """At interpreter exit: run what was submitted, then stop the workers, pool by pool."""
+    global _interpreter_exiting
+    with _open_pools_lock:
+        _interpreter_exiting = True
+        pools = list(_open_pools)
+    for pool in pools:
+        pool.shutdown(wait=True)
+
+
+def _forget_pools_in_child() -> None:
+    # A forked child has none of its parent's threads: shutting its parent's pools down at its
+    # own exit would wait for them for ever, and the workers are not its own anyway.
+    global _open_pools_lock
+    _open_pools_lock = threading.Lock()
+    _open_pools.clear()
+
+
+# The hook concurrent.futures uses: it runs before non-daemon threads are joined (atexit hooks
+# would run after them) and works in subinterpreters.
+threading._register_atexit(_finish_open_pools)  # type: ignore[attr-defined]
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools_in_child)
 
 
 class SyncPool(cf.Executor):
     """A pool of warm worker processes for threaded code; safe from many threads at once.
 
     Takes the same arguments as :class:`snakeden.Pool`, options documented in
-    :class:`snakeden.PoolOptions`. The pool is started (all workers ready, or ``min_ready`` of
-    them) when the constructor returns; a worker that cannot start raises
+    :class:`snakeden.PoolOptions`, and ``max_workers`` as another name for ``size``, as
+    ``ProcessPoolExecutor`` spells it. The pool is started (all workers ready, or ``min_ready``
+    of them) when the constructor returns; a worker that cannot start raises
     :class:`WorkerStartError` here.
     """
 
-    def __init__(self, target: str | None = None, **options: Unpack[PoolOptions]) -> None:
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        max_workers: int | None = _UNSET,
+        **options: Unpack[PoolOptions],
+    ) -> None:
+        refuse_in_host_script()
+        if target is not None and not isinstance(target, str):
+            raise TypeError(
+                f"SyncPool's first argument is the worker module ('pkg.mod' or 'pkg.mod:Class') "
+                f"or None, not {target!r}; for ProcessPoolExecutor({target!r}) write "
+                f"SyncPool(max_workers={target!r})"
+            )
+        for name in options:
+            if name in _EXECUTOR_SPELLINGS:
+                raise TypeError(
+                    f"SyncPool takes no {name!r} (a ProcessPoolExecutor argument); use "
+                    f"{_EXECUTOR_SPELLINGS[name]}"
+                )
+        if max_workers is not _UNSET:
+            if "size" in options:
+                raise TypeError("pass size or max_workers (another name for it), not both")
+            if max_workers is not None and max_workers < 1:
+                raise ValueError("max_workers must be greater than 0")
+            options["size"] = max_workers or 0  # None: one per CPU, as for the executors
         self.config = make_config(target, options)
         self.config.validate()
         self._loop = asyncio.new_event_loop()
@@ -54,11 +126,14 @@ class SyncPool(cf.Executor):
         self._submitted = 0  # submitted and not yet picked up by a dispatcher
         self._lock = threading.Lock()
         self._shutdown = False
+        self._finished = threading.Event()
         try:
             self._run(self._core.start())
         except BaseException:
             self._stop_loop()
             raise
+        with _open_pools_lock:
+            _open_pools.add(self)
 
     def _run(self, coro: Any, timeout: float | None = None) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
@@ -84,6 +159,9 @@ class SyncPool(cf.Executor):
         batch: bool = False,
         queue_timeout: float | None = _UNSET,
     ) -> Any:
+        cmd, args = _commands.sendable(
+            cmd, args, pickle=self.config.serializer == "pickle", batch=batch
+        )
         core = self._core
         cfg = self.config
         name, flags, body = core.encode_call(cmd, args, kwargs, batch=batch)
@@ -122,15 +200,22 @@ class SyncPool(cf.Executor):
     def submit(self, fn: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
         """Schedule ``fn(*args, **kwargs)``; returns a ``concurrent.futures.Future``.
 
-        All keyword arguments go to ``fn``. A future cancelled while queued is never sent.
+        All keyword arguments go to ``fn``. A future cancelled while queued is never sent. A
+        function that cannot reach a worker (see :meth:`snakeden.Pool.call`) raises
+        :class:`NotAReference` here, not from ``result()``.
         """
         return self._submit(fn, args, kwargs, batch=False)
 
     def _submit(
         self, cmd: Command, args: tuple[Any, ...], kwargs: dict[str, Any], *, batch: bool
     ) -> cf.Future[Any]:
+        cmd, args = _commands.sendable(
+            cmd, args, pickle=self.config.serializer == "pickle", batch=batch
+        )
         fut: cf.Future[Any] = cf.Future()
         with self._lock:
+            if _interpreter_exiting:
+                raise PoolClosed("cannot schedule new futures after interpreter shutdown")
             if self._shutdown:
                 raise PoolClosed("cannot schedule new calls after shutdown")
             if self._submitted >= self.config.max_queue:
@@ -147,30 +232,41 @@ class SyncPool(cf.Executor):
                 )
                 self._dispatchers.append(t)
                 t.start()
-        self._queue.put((fut, cmd, args, kwargs, batch, time.monotonic()))
+            # Under the lock: a shutdown's sentinels must come after every accepted call.
+            self._queue.put((fut, cmd, args, kwargs, batch, time.monotonic()))
         return fut
 
     def _dispatch(self) -> None:
-        qt = self.config.queue_timeout
         while True:
             item = self._queue.get()
             if item is None:
                 return
-            fut, cmd, args, kwargs, batch, queued_at = item
-            with self._lock:
-                self._submitted -= 1
-            if not fut.set_running_or_notify_cancel():
-                continue
-            remaining = None if qt is None else qt - (time.monotonic() - queued_at)
-            if remaining is not None and remaining <= 0:
-                fut.set_exception(self._core.queue_timeout_error(qt or 0.0))
-                continue
-            try:
-                result = self.call_with(cmd, args, kwargs, batch=batch, queue_timeout=remaining)
-            except BaseException as exc:
-                fut.set_exception(exc)
-            else:
-                fut.set_result(result)
+            self._run_item(item)
+            # This thread may wait long for the next item: it must not keep this one's
+            # function, arguments or future (and so its result) alive until then.
+            del item
+
+    def _run_item(self, item: _Item) -> None:
+        fut, cmd, args, kwargs, batch, queued_at = item
+        with self._lock:
+            self._submitted -= 1
+        if not fut.set_running_or_notify_cancel():
+            return
+        qt = self.config.queue_timeout
+        remaining = None if qt is None else qt - (time.monotonic() - queued_at)
+        if remaining is not None and remaining <= 0:
+            fut.set_exception(self._core.queue_timeout_error(qt or 0.0))
+            return
+        try:
+            result = self.call_with(cmd, args, kwargs, batch=batch, queue_timeout=remaining)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            # The traceback holds this frame, and the frame the future: break the cycle, so
+            # that dropping the future frees it (and the arguments) without waiting for the
+            # garbage collector.
+            del item, fut
+        else:
+            fut.set_result(result)
 
     def map(
         self,
@@ -179,8 +275,11 @@ class SyncPool(cf.Executor):
         timeout: float | None = None,
         chunksize: int = 1,
     ) -> Iterator[Any]:
-        """Like ``Executor.map``; ``chunksize > 1`` sends batches (one frame per chunk)."""
-        if chunksize <= 1:
+        """Like ``Executor.map``; ``chunksize > 1`` sends batches (one frame per chunk), below 1
+        is a ``ValueError``, as for ``ProcessPoolExecutor.map``."""
+        if chunksize < 1:
+            raise ValueError(f"chunksize must be >= 1, not {chunksize!r}")
+        if chunksize == 1:
             return super().map(fn, *iterables, timeout=timeout)  # type: ignore[arg-type]
         items = list(zip(*iterables, strict=False))
         futs = [
@@ -201,45 +300,64 @@ class SyncPool(cf.Executor):
         return results()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop accepting calls, finish (or cancel) queued ones, stop every worker."""
+        """Stop accepting calls, finish (or cancel) queued ones, stop every worker.
+
+        With ``wait=False`` this happens in the background; the interpreter still waits for it
+        at exit, so calls submitted before are not lost."""
         with self._lock:
-            if self._shutdown:
-                already = True
-            else:
-                already = False
-                self._shutdown = True
-        if already:
-            if wait:
-                self._thread.join()
-            return
+            first = not self._shutdown
+            self._shutdown = True
         if cancel_futures:
             while True:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if item is not None:
-                    item[0].cancel()
-                    with self._lock:
-                        self._submitted -= 1
+                if item is None:
+                    self._queue.put(None)  # a sentinel of an earlier shutdown: keep it
+                    break
+                item[0].cancel()
+                with self._lock:
+                    self._submitted -= 1
+        if not first:
+            if wait:
+                self._finished.wait()
+            return
+        if wait:
+            self._finish(cancel_futures)
+        else:
+            threading.Thread(
+                target=self._finish, args=(cancel_futures,), name="snakeden-shutdown", daemon=True
+            ).start()
 
-        def finish() -> None:
+    def _finish(self, cancel_pending: bool) -> None:
+        try:
             for _ in self._dispatchers:
-                self._queue.put(None)
+                self._queue.put(None)  # after every queued call: those run first
             for t in self._dispatchers:
                 t.join()
             with contextlib.suppress(RuntimeError):
-                self._run(self._core.aclose(cancel_pending=cancel_futures))
+                self._run(self._core.aclose(cancel_pending=cancel_pending))
             self._stop_loop()
-
-        if wait:
-            finish()
-        else:
-            threading.Thread(target=finish, name="snakeden-shutdown", daemon=True).start()
+        finally:
+            with _open_pools_lock:
+                _open_pools.discard(self)
+            self._finished.set()
 
     def close(self, *, cancel_pending: bool = False) -> None:
         """Same as ``shutdown(wait=True, cancel_futures=cancel_pending)``."""
         self.shutdown(wait=True, cancel_futures=cancel_pending)
+
+    def __aenter__(self) -> NoReturn:
+        # The constructor already started the workers, and no __aexit__ follows a failed enter.
+        self.shutdown(wait=False)
+        raise TypeError(
+            "snakeden.SyncPool is for threaded code: use 'with snakeden.SyncPool(...)'; in a "
+            "coroutine use 'async with snakeden.Pool(...)', which never blocks the event loop"
+        )
+
+    def __aexit__(self, *exc_info: object) -> NoReturn:
+        raise TypeError("snakeden.SyncPool is for threaded code: use 'with snakeden.SyncPool(...)'")
 
     def _stop_loop(self) -> None:
         if self._loop.is_closed():
