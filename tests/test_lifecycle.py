@@ -273,8 +273,15 @@ def test_worker_count_is_stable_over_age_recycling_cycles() -> None:
     async def body() -> None:
         async with snakeden.Pool(LC, size=3, max_age=0.2, health_interval=None, on_event=rec) as p:
             await rec.wait_count_async("recycled", 9)  # three full generations
-            assert p.stats().workers == 3
-            assert len(p.worker_pids()) <= 6  # retired ones may still be exiting
+            # Aged workers serve on while their replacements warm, so the number of processes
+            # varies (3 to 6); what must hold at every moment is that exactly `size` of them
+            # are meant to stay, counting starts already scheduled.
+            co = p._core.checkout  # type: ignore[union-attr]
+            with co.lock:
+                staying = sum(w.active for w in co.workers.values()) + co.scheduled
+            assert staying == 3
+            assert 3 <= p.stats().workers <= 6
+            assert len(p.worker_pids()) <= 9  # retired ones may still be exiting
 
     run(body())
     assert rec.count("started") <= rec.count("recycled") + 3 + 3

@@ -115,7 +115,11 @@ class Supervisor:
         if act.close_fds is not None and act.close_fds.proc is not None:
             act.close_fds.proc.close_fds()
         if act.retire is not None or act.ensure_capacity or act.check_memory or act.drained:
-            self.call_soon(self._act_on_loop, act)
+            if self._on_loop_thread():
+                # At once: the pool is never seen between a decision and its replacement.
+                self._act_on_loop(act)
+            else:
+                self.call_soon(self._act_on_loop, act)
 
     def _act_on_loop(self, act: Actions) -> None:
         if act.retire is not None:
