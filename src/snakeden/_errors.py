@@ -59,9 +59,11 @@ class UnknownCommand(CallError):
     """
 
     def __init__(self, command: str, available: Sequence[str], detail: str = "") -> None:
-        served = ", ".join(sorted(available)) or "(none: the worker was started without a module)"
+        served = ", ".join(sorted(available)) or (
+            "(none: the worker module defines no commands, or the pool has no module)"
+        )
         if detail:
-            text = f"{detail}. Is the module importable in the worker (same venv, same cwd)?"
+            text = f"{detail}. Is the module importable in the worker (same venv, same sys.path)?"
         else:
             text = (
                 f"unknown command {command!r}; the worker serves: {served}. Register it with "

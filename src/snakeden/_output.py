@@ -2,11 +2,17 @@
 
 The worker's fd 1 and fd 2 are pipes the host drains continuously, so a worker that prints (or a C
 library that floods fd 2) never blocks on a full pipe and never touches the frame channel.
+
+Levels: a stdout line is logged at INFO and a plain stderr line at WARNING, on ``snakeden.worker``.
+A stderr line in the marked form of :func:`log_line` is a ``logging`` record of the worker
+(the Python runtime writes its records so; a worker in another language may too): it is logged
+at the record's own level on ``snakeden.worker.<the worker's logger name>``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from collections import deque
@@ -16,6 +22,30 @@ logger = logging.getLogger("snakeden.worker")
 
 _CHUNK = 65536
 _MAX_LINE = 64 * 1024  # longer "lines" (binary floods) are cut so memory stays bounded
+
+
+# Record separator, "snakeden-log", unit separator, then a JSON array [levelno, logger, message]:
+# JSON keeps a multi-line message (a traceback) on one line.
+LOG_MARK = "\x1esnakeden-log\x1f"
+
+
+def log_line(levelno: int, name: str, message: str) -> str:
+    """One ``logging`` record as a marked stderr line (no newline in it)."""
+    return LOG_MARK + json.dumps([levelno, name, message], ensure_ascii=False)
+
+
+def parse_log_line(line: str) -> tuple[int, str, str] | None:
+    """``(levelno, logger name, message)`` of a marked line; ``None`` for any other line (also
+    for a marked one that was cut or garbled, which is then logged as plain stderr)."""
+    if not line.startswith(LOG_MARK):
+        return None
+    try:
+        levelno, name, message = json.loads(line[len(LOG_MARK) :])
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(levelno, int) or not isinstance(name, str) or not isinstance(message, str):
+        return None
+    return levelno, name, message
 
 
 def tail_text(lines: Sequence[str]) -> str:
@@ -77,6 +107,10 @@ class OutputTail:
 
     def _emit(self, raw: bytes) -> None:
         line = raw[:_MAX_LINE].decode("utf-8", "replace").rstrip("\r")
+        record = parse_log_line(line) if self.stream == "stderr" else None
+        if record is not None:
+            self._relog(*record)
+            return
         self.lines.append(line)
         if logger.isEnabledFor(self.level):
             logger.log(
@@ -87,6 +121,26 @@ class OutputTail:
                 self.stream,
                 line,
                 extra={"worker_id": self.worker_id, "worker_pid": self.pid, "stream": self.stream},
+            )
+
+    def _relog(self, levelno: int, name: str, message: str) -> None:
+        first, *rest = message.split("\n") or [""]
+        self.lines.append(f"{logging.getLevelName(levelno)}:{name}:{first}")
+        self.lines.extend(rest)  # a traceback's lines belong in a crash report's tail too
+        target = logging.getLogger(f"snakeden.worker.{name}")
+        if target.isEnabledFor(levelno):
+            target.log(
+                levelno,
+                "[%s pid %d] %s",
+                self.worker_id,
+                self.pid,
+                message,
+                extra={
+                    "worker_id": self.worker_id,
+                    "worker_pid": self.pid,
+                    "stream": "log",
+                    "worker_logger": name,
+                },
             )
 
     def last(self, n: int) -> list[str]:

@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
+import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib.machinery import PathFinder
 from typing import Protocol
 
 from snakeden._errors import WorkerStartError
@@ -105,6 +110,13 @@ class Launcher(Protocol):
     """Starts worker processes. Implementations must be usable from the pool's event loop."""
 
     name: str
+    #: True when the workers run snakeden's Python runtime, so advice about modules, ``pip`` and
+    #: ``@snakeden.command`` applies to them (a worker in another language would be misled).
+    runs_python: bool
+
+    def diagnose(self, stderr_lines: Sequence[str]) -> str | None:
+        """The real cause of a start-up death, read from the process's last stderr lines, in
+        this launcher's terms; ``None`` when the lines show nothing it recognises."""
 
     async def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Prepare (e.g. start a template). Raises WorkerStartError if that fails."""
@@ -142,10 +154,110 @@ def worker_env(spec: LaunchSpec, rfd: int, wfd: int, parent_pid: int) -> dict[st
             "SNAKEDEN_MAX_FRAME": str(spec.max_frame_size),
             "SNAKEDEN_HOST_PID": str(parent_pid),
             "SNAKEDEN_RUN_TAG": spec.run_tag,
+            "SNAKEDEN_SYS_PATH": json.dumps(host_import_path(spec.python)),
+            "SNAKEDEN_LOG_LEVEL": str(worker_log_level()),
             "PYTHONUNBUFFERED": "1",
         }
     )
+    env.pop("SNAKEDEN_TARGET_ORIGIN", None)  # a nested pool's host must not pass on its own
+    origin = target_origin(spec.target)
+    if origin is not None:
+        env["SNAKEDEN_TARGET_ORIGIN"] = origin
     return env
+
+
+def worker_log_level() -> int:
+    """The level a worker's unconfigured root logger gets: what the host would keep of it, so
+    records the host drops are not even written."""
+    return logging.getLogger("snakeden.worker").getEffectiveLevel()
+
+
+def same_python(python: str | None) -> bool:
+    """Whether ``python`` runs this interpreter *in this environment*. A venv's ``python`` is a
+    symlink to the base interpreter, so the resolved binary alone does not tell: the directory
+    it is called from (where Python looks for ``pyvenv.cfg``) must match too."""
+    if python is None:
+        return True
+    mine, theirs = sys.executable, python
+    return os.path.realpath(mine) == os.path.realpath(theirs) and os.path.dirname(
+        os.path.abspath(mine)
+    ) == os.path.dirname(os.path.abspath(theirs))
+
+
+def host_import_path(python: str | None) -> list[str]:
+    """The import path a worker prepends to its own, so it finds what the host finds.
+
+    For the host's own interpreter that is the host's ``sys.path`` (existing entries, made
+    absolute), as ``multiprocessing`` passes it. Another interpreter or venv gets only the
+    script's directory (``sys.path[0]``): the host's stdlib, site-packages and ``.pth`` entries
+    are built for the host and would shadow the worker's own packages.
+    """
+    cwd = os.getcwd()
+    entries = sys.path if same_python(python) else sys.path[:1]
+    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    path: list[str] = []
+    for entry in entries:
+        if not isinstance(entry, str):
+            continue
+        full = os.path.normpath(os.path.join(cwd, entry))  # "" is the cwd the host imports from
+        if full in path or not os.path.exists(full):
+            continue
+        if not same_python(python) and any(_inside(full, p) for p in prefixes):
+            continue  # e.g. a console script's bin/ directory: the host's environment
+        path.append(full)
+    return path
+
+
+def _inside(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix.rstrip(os.sep) + os.sep)
+
+
+def target_origin(target: str | None) -> str | None:
+    """Where the host finds the target's module, without importing anything (a parent package
+    is not imported either: its submodules are looked up in its directories): the file a
+    worker's "module not found" error points at."""
+    if not target:
+        return None
+    parts = target.partition(":")[0].split(".")
+    spec = None
+    for i in range(len(parts)):
+        name = ".".join(parts[: i + 1])
+        loaded = sys.modules.get(name)
+        try:
+            if loaded is not None:
+                spec = loaded.__spec__
+            elif spec is None:  # top level: every finder (an editable install's too)
+                spec = importlib.util.find_spec(name)
+            else:
+                spec = PathFinder.find_spec(name, list(spec.submodule_search_locations or []))
+        except (ImportError, ValueError):
+            return None
+        if spec is None:
+            return None
+    assert spec is not None
+    if spec.origin and spec.has_location:
+        return spec.origin
+    return str(list(spec.submodule_search_locations or [])) or spec.origin or spec.name
+
+
+_NO_SNAKEDEN = re.compile(r"No module named '?snakeden(\.\w+)*'?\b")
+_MISSING = re.compile(r"ModuleNotFoundError: No module named '([\w.]+)'")
+
+
+def python_diagnosis(python: str, stderr_lines: Sequence[str]) -> str | None:
+    """Recognise, in the last stderr lines of a process that died before saying hello, that
+    ``python`` cannot run snakeden at all (not installed, or a dependency missing)."""
+    text = "\n".join(stderr_lines)
+    fix = f"install it there with `{python} -m pip install snakeden`"
+    if _NO_SNAKEDEN.search(text):
+        return f"snakeden is not installed in {python}, the interpreter the workers run; {fix}"
+    missing = _MISSING.search(text)
+    if missing and "<frozen runpy>" in text and f"{os.sep}snakeden{os.sep}" in text:
+        return (
+            f"snakeden cannot be imported in {python}: its dependency {missing.group(1)!r} is "
+            f"missing there; {fix}, which brings its dependencies"
+        )
+    return None
 
 
 def start_child(
@@ -215,15 +327,21 @@ class SpawnLauncher:
     """
 
     name = "spawn"
+    runs_python = True
 
     def __init__(self) -> None:
         self._watcher: PidfdWatcher | None = None
+        self._python = sys.executable
+
+    def diagnose(self, stderr_lines: Sequence[str]) -> str | None:
+        return python_diagnosis(self._python, stderr_lines)
 
     async def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._watcher = PidfdWatcher(loop)
 
     async def launch(self, spec: LaunchSpec) -> WorkerProcess:
         assert self._watcher is not None, "launcher not started"
+        self._python = spec.python
         host_r, worker_w, worker_r, host_w = make_pipes()
         argv = [spec.python, "-m", "snakeden.worker"]
         if spec.target:

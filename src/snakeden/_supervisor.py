@@ -71,6 +71,7 @@ class Supervisor:
         self.drained = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._maintenance: asyncio.Task[None] | None = None
+        self._warned_no_commands = False
 
     # --- running things on the loop ------------------------------------------------------------
 
@@ -235,12 +236,25 @@ class Supervisor:
             ) from None
         except ChannelLost as lost:
             await self.wait_gone(w, 5.0)
+            tail = w.stderr_tail(20)
+            # The launcher knows what its runtime's death looks like (e.g. no snakeden in that
+            # interpreter): its diagnosis beats an exit code.
+            cause = self.launcher.diagnose(tail) or describe_exit(proc.returncode)
             raise WorkerStartError(
-                f"worker {w.id} (pid {proc.pid}) died during start-up: "
-                f"{describe_exit(proc.returncode)}" + tail_text(w.stderr_tail(20)),
-                {w.id: describe_exit(proc.returncode) + tail_text(w.stderr_tail(20))},
+                f"worker {w.id} (pid {proc.pid}) died during start-up: {cause}" + tail_text(tail),
+                {w.id: cause + tail_text(tail)},
             ) from lost
         self._check_hello(w, frame)
+        if not w.commands and self.config.target and not self._warned_no_commands:
+            self._warned_no_commands = True  # once per pool, not once per worker
+            if self.launcher.runs_python:
+                log.warning(
+                    "worker module %r defines no @snakeden.command: calls by name will fail "
+                    "with UnknownCommand; only calls by reference (pool.call(function)) work",
+                    self.config.target,
+                )
+            else:
+                log.warning("worker %r serves no commands", self.config.target)
         if self.blocking:
             channel.detach()
 

@@ -12,9 +12,11 @@ Host side (:class:`ForkLauncher`) and template side (:func:`template_main`) in o
 
 The template stays single-threaded and never runs per-worker set-up: forking a process with
 threads copies only the forking thread, so locks held by the others stay locked forever in the
-child. Python threads in the template are refused with a clear error; native threads (e.g. an
-OpenBLAS pool started at import) are reported as a warning, since their libraries usually
-re-initialise after fork, but an initialised GPU context (CUDA) never survives fork.
+child. Python threads in the template are refused with a clear error. Native threads are
+identified with ``threadpoolctl``: an idle OpenBLAS pool or Intel/LLVM OpenMP pool (the usual
+result of importing numpy) is safe, since those libraries stop their threads before a fork and
+start them again after it; any other native thread is reported as a warning. An initialised GPU
+context (CUDA) never survives fork and cannot be detected.
 
 Workers are children of the template, so it reaps them and reports their exit status. They die
 with it (parent-death signal), and it dies with the host, so a host killed with SIGKILL leaves no
@@ -40,7 +42,15 @@ import msgpack
 
 from snakeden._errors import WorkerStartError, describe_exit
 from snakeden._output import OutputTail, read_nonblocking, tail_text
-from snakeden._process import LaunchSpec, WorkerProcess, make_pipes, start_child, worker_env
+from snakeden._process import (
+    LaunchSpec,
+    WorkerProcess,
+    make_pipes,
+    python_diagnosis,
+    start_child,
+    worker_env,
+    worker_log_level,
+)
 
 log = logging.getLogger("snakeden")
 
@@ -55,6 +65,7 @@ class ForkLauncher:
     """Launches workers by asking a warm template process to fork."""
 
     name = "fork"
+    runs_python = True
 
     def __init__(
         self,
@@ -88,10 +99,17 @@ class ForkLauncher:
         self._restart_lock: asyncio.Lock | None = None
         self._closed = False
         self._background: asyncio.Task[None] | None = None
+        # Set when we kill the template ourselves (after a failed start, or at close): its death
+        # is then no news, and reporting it as "killed by SIGKILL: likely the OOM killer" would
+        # point the user at the wrong cause.
+        self._killing = False
 
     def __repr__(self) -> str:
         pid = self.proc.pid if self.proc else None
         return f"<ForkLauncher template pid={pid} target={self.target!r}>"
+
+    def diagnose(self, stderr_lines: Sequence[str]) -> str | None:
+        return python_diagnosis(self.python, stderr_lines)
 
     async def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -107,7 +125,11 @@ class ForkLauncher:
             argv.append("--preload=" + ",".join(self.preload))
         argv.append(f"--snakeden-run={self.run_tag}")
         spec = LaunchSpec(
-            worker_id="template", target=self.target, env=self.env, run_tag=self.run_tag
+            worker_id="template",
+            target=self.target,
+            python=self.python,
+            env=self.env,
+            run_tag=self.run_tag,
         )
         env = worker_env(spec, -1, -1, os.getpid())
         env["SNAKEDEN_TEMPLATE_FD"] = str(child_fd)
@@ -123,6 +145,7 @@ class ForkLauncher:
                 {"template": str(exc)},
             ) from exc
         self.sock = host_sock
+        self._killing = False
         host_sock.setblocking(False)
         self._tails = [
             OutputTail("stdout", "template", self.proc.pid),
@@ -220,31 +243,42 @@ class ForkLauncher:
                     os.killpg(wp.pid, signal.SIGKILL)
                 wp.set_exited(-signal.SIGKILL)
         if not self._closed:
-            self._background = self.loop.create_task(self._report_template_exit())
+            self._background = self.loop.create_task(
+                self._report_template_exit(self.proc, self._ready)
+            )
 
-    async def _report_template_exit(self) -> None:
+    async def _report_template_exit(
+        self, proc: subprocess.Popen[bytes] | None, ready: asyncio.Future[dict[str, Any]] | None
+    ) -> None:
+        """Report the death of the template ``proc``: as the start failure if it had not said
+        hello yet (``ready`` pending), else as an error, unless the pool itself killed it."""
         # End-of-file on the socket can arrive before the exit status: wait for the latter.
         code = None
-        if self.proc is not None:
+        if proc is not None:
             with contextlib.suppress(TimeoutError):
-                code = await asyncio.wait_for(asyncio.to_thread(self.proc.wait), 5.0)
+                code = await asyncio.wait_for(asyncio.to_thread(proc.wait), 5.0)
         for tail in self._tails:
             tail.drain()
-        was_ready = self._ready is not None and self._ready.done()
-        if not self._closed and was_ready:
+        served = (
+            ready is not None and ready.done() and not ready.cancelled() and not ready.exception()
+        )
+        if served and not self._closed and not self._killing:
             log.error(
                 "the fork template (pid %s) died: %s; its workers die with it and a new template "
                 "will be started",
-                self.proc.pid if self.proc else "?",
+                proc.pid if proc else "?",
                 describe_exit(code),
             )
-        if self._ready is not None and not self._ready.done():
-            self._ready.set_exception(
-                WorkerStartError(
-                    f"the fork template died while importing {self.target!r}: "
-                    f"{describe_exit(code)}" + self._stderr_text(),
-                    {"template": describe_exit(code)},
+        if ready is not None and not ready.done():
+            diagnosis = self.diagnose(self._tails[1].last(20) if self._tails else [])
+            if diagnosis is not None:
+                text = f"cannot start the fork template: {diagnosis}"
+            else:
+                text = f"the fork template died while importing {self.target!r}: " + describe_exit(
+                    code
                 )
+            ready.set_exception(
+                WorkerStartError(text + self._stderr_text(), {"template": diagnosis or text})
             )
 
     async def launch(self, spec: LaunchSpec) -> WorkerProcess:
@@ -262,7 +296,12 @@ class ForkLauncher:
         fut: asyncio.Future[int] = self.loop.create_future()
         self._forks[spec.worker_id] = fut
         request = msgpack.packb(
-            {"op": "fork", "worker_id": spec.worker_id, "max_frame": spec.max_frame_size}
+            {
+                "op": "fork",
+                "worker_id": spec.worker_id,
+                "max_frame": spec.max_frame_size,
+                "log_level": worker_log_level(),
+            }
         )
         try:
             socket.send_fds(self.sock, [request], [worker_r, worker_w, out_w, err_w])
@@ -306,8 +345,15 @@ class ForkLauncher:
             self.sock = None
 
     async def _kill_template(self) -> None:
+        self._killing = True
         self._close_sock()
         await self._reap_template()
+        # The death report of a template that failed to start: it must finish (not be left
+        # pending for the loop to destroy), and it stays silent now that _killing is set.
+        background = self._background
+        if background is not None and background is not asyncio.current_task():
+            with contextlib.suppress(Exception):
+                await background
 
     async def close(self) -> None:
         self._closed = True
@@ -337,10 +383,12 @@ def _send(sock: socket.socket, msg: dict[str, Any]) -> None:
 
 
 def _fail(sock: socket.socket, text: str, type_name: str, message: str, tb: str) -> int:
-    """Report a failed start to the host, also on stderr (the host may be gone); the exit code."""
-    print(f"snakeden template: {text}", file=sys.stderr, flush=True)
-    with contextlib.suppress(OSError):
+    """Report a failed start to the host; on stderr only if that fails (the host logs our
+    stderr, so printing it too would show the user the traceback twice). The exit code."""
+    try:
         _send(sock, {"op": "error", "type": type_name, "message": message, "traceback": tb})
+    except OSError:
+        print(f"snakeden template: {text}", file=sys.stderr, flush=True)
     return EXIT_TEMPLATE_FAILED
 
 
@@ -351,14 +399,58 @@ def _native_threads() -> int:
         return threading.active_count()
 
 
+def _fork_safe_pool(pool: dict[str, Any]) -> bool:
+    """An idle thread pool that stops before fork() and restarts after it (pthread_atfork):
+    OpenBLAS on pthreads, and the Intel and LLVM OpenMP runtimes (MKL's threads are the
+    former's). GNU OpenMP (libgomp) is not: a child that uses it after the parent did hangs."""
+    api = pool.get("internal_api")
+    if api == "openblas":
+        return pool.get("threading_layer") == "pthreads"
+    if api == "openmp":
+        return pool.get("prefix") in ("libiomp", "libomp")
+    return False
+
+
+def thread_warning() -> str | None:
+    """``None`` when the native threads now running are safe to fork from; else one line on
+    what they are and what to do."""
+    extra = _native_threads() - 1
+    if extra <= 0:
+        return None
+    try:
+        import threadpoolctl
+    except ImportError:
+        return (
+            f"{extra} native thread(s) besides the main one after import, not identified "
+            f"(install threadpoolctl to tell an idle BLAS pool, which is safe, from a hazard); "
+            f"if workers hang, use start_method='spawn'"
+        )
+    try:
+        pools: list[dict[str, Any]] = threadpoolctl.threadpool_info()
+    except Exception:  # it inspects native libraries: never let that break a start
+        pools = []
+    # An upper bound: a pool's num_threads counts the main thread and threads not started yet.
+    explained = sum(max(0, int(p.get("num_threads") or 1) - 1) for p in pools if _fork_safe_pool(p))
+    if extra <= explained:
+        return None
+    gomp = any(p.get("prefix") == "libgomp" for p in pools)
+    return (
+        f"{extra - explained} native thread(s) after import that are not an idle BLAS pool "
+        + ("(GNU OpenMP's, which does not survive fork?)" if gomp else "(a C extension's?)")
+        + "; forked workers get none of them and any lock they held stays locked: start them "
+        "in setup(), or use start_method='spawn' if workers hang"
+    )
+
+
 def template_main(argv: list[str]) -> int:
-    from snakeden import _commands, worker
+    from snakeden import worker
 
     sock = socket.socket(fileno=int(os.environ["SNAKEDEN_TEMPLATE_FD"]))
     os.set_inheritable(sock.fileno(), False)
     host = os.environ.get("SNAKEDEN_HOST_PID")
     worker.die_with_parent(int(host) if host else None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    worker.adopt_host_path()  # before any import; forked workers inherit the result
     target = next((a for a in argv if not a.startswith("--")), "") or None
     preload = next((a.split("=", 1)[1] for a in argv if a.startswith("--preload=")), "")
     try:
@@ -366,7 +458,7 @@ def template_main(argv: list[str]) -> int:
 
         for name in filter(None, preload.split(",")):
             importlib.import_module(name)
-        loaded = _commands.import_target(target) if target else None
+        loaded = worker.import_target(target) if target else None
     except BaseException as exc:
         tb = "".join(traceback.format_exception(exc))
         return _fail(sock, f"import failed\n{tb}", type(exc).__qualname__, str(exc), tb)
@@ -379,12 +471,9 @@ def template_main(argv: list[str]) -> int:
         )
         return _fail(sock, message, "RuntimeError", message, message)
     ready: dict[str, Any] = {"op": "ready", "pid": os.getpid(), "threads": _native_threads()}
-    if ready["threads"] > 1:
-        ready["warning"] = (
-            f"{ready['threads']} native threads after import (a BLAS pool?); forked workers get "
-            f"only one. Usually harmless for numpy/OpenBLAS; set OPENBLAS_NUM_THREADS=1 or "
-            f"use start_method='spawn' if workers hang"
-        )
+    warning = thread_warning()
+    if warning is not None:
+        ready["warning"] = warning
     _send(sock, ready)
     return _serve_forks(sock, target, loaded)
 
@@ -491,6 +580,7 @@ def _fork_worker(  # noqa: PLR0917
         os.close(out_fd)
         os.close(err_fd)
         worker_id = str(msg["worker_id"])
+        os.environ[worker.LOG_LEVEL_ENV] = str(msg.get("log_level", logging.WARNING))
         os.environ["SNAKEDEN_WORKER_ID"] = worker_id
         os.environ["SNAKEDEN_FDS"] = f"{rfd},{wfd}"
         worker.die_with_parent(template_pid)

@@ -13,6 +13,8 @@ import contextlib
 import ctypes
 import faulthandler
 import inspect
+import json
+import logging
 import os
 import signal
 import sys
@@ -21,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from snakeden import _commands, _shm
+from snakeden._output import log_line
 from snakeden._protocol import (
     BATCH,
     BY_REFERENCE,
@@ -298,21 +301,25 @@ def serve(
         if target is None:
             commands: dict[str, Callable[..., Any]] = {}
         else:
-            module, obj = preloaded if preloaded is not None else _commands.import_target(target)
+            module, obj = preloaded if preloaded is not None else import_target(target)
             commands = _commands.instantiate(module, obj)
     except BaseException as exc:
         tb = "".join(traceback.format_exception(exc))
-        print(f"snakeden worker {worker_id}: start-up failed\n{tb}", file=sys.stderr, flush=True)
         body = error_body(
             kind="startup",
             type_name=type(exc).__qualname__,
             message=str(exc),
             traceback=tb,
         )
-        with contextlib.suppress(OSError):
+        try:
             data = encode_body(body)
             write_all(wfd, encode_header(Kind.ERROR, 0, len(data)), data)
+        except OSError:
+            # Only when the host cannot get the report: printed as well, the traceback would
+            # reach the user twice (the host logs our stderr).
+            print(f"snakeden worker {worker_id}: start-up failed\n{tb}", file=sys.stderr)
         return EXIT_STARTUP_FAILED
+    route_logging()
     server = _Server(rfd, wfd, commands, max_frame_size)
     hello = hello_body(
         pid=os.getpid(),
@@ -323,6 +330,88 @@ def serve(
     )
     server.send(Kind.HELLO, 0, encode_body(hello))
     return server.run()
+
+
+def adopt_host_path() -> None:
+    """Put the host's import path (``SNAKEDEN_SYS_PATH``, see ``_process.host_import_path``)
+    in front of ours, so a module the host imports from its script's directory imports here too,
+    whatever our cwd. Our own entries (cwd, ``PYTHONPATH``) keep their order after it."""
+    raw = os.environ.pop("SNAKEDEN_SYS_PATH", "")
+    try:
+        entries = json.loads(raw) if raw else []
+    except ValueError:
+        return
+    if isinstance(entries, list):
+        sys.path[:0] = [p for p in entries if isinstance(p, str) and p not in sys.path]
+
+
+def import_target(target: str) -> tuple[Any, Any]:
+    """Import the target's module; when the module itself is missing (not a module it
+    imports), say where we looked and where the host found it."""
+    try:
+        return _commands.import_target(target)
+    except ModuleNotFoundError as exc:
+        name = _commands.split_target(target)[0]
+        if exc.name is None or not (name == exc.name or name.startswith(exc.name + ".")):
+            raise
+        origin = os.environ.get("SNAKEDEN_TARGET_ORIGIN")
+        found = f"the host found it at {origin}" if origin else "the host cannot find it either"
+        raise ModuleNotFoundError(
+            f"module {name!r} not found in the worker; the worker's sys.path is {sys.path}; "
+            f"{found}",
+            name=exc.name,
+        ) from None
+
+
+LOG_LEVEL_ENV = "SNAKEDEN_LOG_LEVEL"
+
+
+class _HostLogHandler(logging.Handler):
+    """Writes each record to stderr as one marked line that the host re-logs at the record's
+    level (``_output.log_line``), instead of plain text the host could only log as WARNING."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__()
+        self.stream = stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = log_line(record.levelno, record.name, self.format(record))
+            self.stream.write(line + "\n")
+            self.stream.flush()
+        except Exception:
+            self.handleError(record)
+
+
+def route_logging() -> None:
+    """Send the worker's ``logging`` records to the host with their levels.
+
+    Runs after the module's import and set-up, so it sees their configuration: a root handler
+    writing to stderr (``logging.basicConfig()``) is swapped for the marked one, keeping its
+    level and filters; a root logger nobody configured gets the marked handler and the level the
+    host keeps for ``snakeden.worker`` (``SNAKEDEN_LOG_LEVEL``). Other handlers (files, sockets)
+    are the module's business and stay.
+    """
+    root = logging.getLogger()
+    if any(isinstance(h, _HostLogHandler) for h in root.handlers):
+        return  # routed already: never twice, or each record would reach the host twice
+    if not root.handlers:
+        root.addHandler(_HostLogHandler(sys.stderr))
+        with contextlib.suppress(ValueError):
+            root.setLevel(int(os.environ.get(LOG_LEVEL_ENV, logging.WARNING)))
+        return
+    for handler in list(root.handlers):
+        if (
+            type(handler) is logging.StreamHandler
+            and handler.stream is not None
+            and handler.stream in (sys.stderr, sys.__stderr__)
+        ):
+            marked = _HostLogHandler(handler.stream)
+            marked.setLevel(handler.level)
+            for f in handler.filters:
+                marked.addFilter(f)
+            root.removeHandler(handler)
+            root.addHandler(marked)
 
 
 def prepare_process() -> None:
@@ -360,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     rfd, wfd, worker_id, max_frame, host_pid = env_settings()
     die_with_parent(host_pid)
     prepare_process()
+    adopt_host_path()
     target = next((a for a in args if not a.startswith("--")), None)
     return serve(target, rfd=rfd, wfd=wfd, worker_id=worker_id, max_frame_size=max_frame)
 
