@@ -88,3 +88,5 @@ def pool_books_balance(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for core in made:
         if core.checkout.phase.value != "new":
             core.check_invariants()
+        if core.checkout.phase.value == "closed":
+            assert core.record.watcher is None, "a closed pool's watcher was not stopped"

@@ -56,7 +56,25 @@ def _gone(pids: list[int], timeout: float = 30.0) -> list[int]:
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
-def test_host_sigkill_leaves_no_worker_and_next_pool_reaps_the_rest(
+def test_host_sigkill_leaves_nothing_the_watcher_kills_grandchildren(method: str) -> None:
+    with tempfile.TemporaryDirectory() as runtime:
+        host, info = _start_host(method, runtime)
+        workers = list(info["workers"])  # type: ignore[call-overload]
+        helpers = list(info["helpers"])  # type: ignore[call-overload]
+        grandchild = int(info["grandchild"])  # type: ignore[call-overload]
+        watcher = int(info["watcher"])  # type: ignore[call-overload]
+        assert len(workers) == 2 and (helpers if method == "fork" else not helpers)
+        assert all(psutil.pid_exists(p) for p in [*workers, *helpers, grandchild, watcher])
+
+        host.send_signal(signal.SIGKILL)
+        host.wait(60)
+        # Parent-death signal and end-of-file: every worker (and the template) dies with it;
+        # what a worker started itself is killed by the run's watcher, which then leaves.
+        assert _gone([*workers, *helpers, grandchild, watcher]) == []
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_without_its_watcher_a_dead_hosts_leftovers_are_reaped_by_the_next_pool(
     method: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with tempfile.TemporaryDirectory() as runtime:
@@ -64,16 +82,14 @@ def test_host_sigkill_leaves_no_worker_and_next_pool_reaps_the_rest(
         workers = list(info["workers"])  # type: ignore[call-overload]
         helpers = list(info["helpers"])  # type: ignore[call-overload]
         grandchild = int(info["grandchild"])  # type: ignore[call-overload]
-        assert len(workers) == 2 and (helpers if method == "fork" else not helpers)
-        assert all(psutil.pid_exists(p) for p in [*workers, *helpers, grandchild])
         assert list(pathlib.Path(runtime).glob("*.json"))  # the host's run record
-
+        os.kill(int(info["watcher"]), signal.SIGKILL)  # type: ignore[call-overload]
         host.send_signal(signal.SIGKILL)
         host.wait(60)
-        # Parent-death signal and end-of-file: every worker (and the template) dies with it.
         assert _gone([*workers, *helpers]) == []
 
         # What a worker started itself survives its worker... until the next pool starts.
+        assert psutil.pid_exists(grandchild)
         monkeypatch.setenv("SNAKEDEN_RUNTIME_DIR", runtime)
         with snakeden.SyncPool("snakeden.examples", size=1) as pool:
             assert pool.call("add", 1, 1) == 2

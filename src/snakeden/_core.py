@@ -283,6 +283,7 @@ class PoolCore:
         self.checkout.phase = Phase.STARTING
         await asyncio.to_thread(reap_leftovers, self.record.directory)
         self.record.write()
+        self.record.watch()
         try:
             await self.launcher.start(self.loop)
             for pid in self.launcher.pids():
@@ -312,7 +313,7 @@ class PoolCore:
                         f"{len(failures)} of {n} workers failed to start (need {need}); "
                         f"first cause: {first}",
                         failures,
-                    ) from first
+                    ) from None  # its text already holds the first cause, traceback and all
             with self.checkout.lock:
                 self.checkout.phase = Phase.RUNNING
             self.sup.ensure_capacity()
@@ -354,7 +355,7 @@ class PoolCore:
         await self.sup.close(cancel_pending=cancel_pending, timeout=timeout)
         await self.launcher.close()
         _shm.remove_leftovers(self.run_tag)
-        self.record.remove()
+        await asyncio.to_thread(self.record.remove)  # the watcher is reaped with a bound
         with self.checkout.lock:
             self.checkout.phase = Phase.CLOSED
 

@@ -23,6 +23,7 @@ from typing import Any
 import psutil
 
 from snakeden import _shm
+from snakeden._watcher import Watcher
 
 log = logging.getLogger("snakeden")
 
@@ -46,13 +47,22 @@ def _start_time(pid: int) -> float | None:
 
 
 class RunRecord:
-    """This pool's record: host pid and start time, run tag, and the pids it started."""
+    """This pool's record: host pid and start time, run tag, and the pids it started.
+
+    Two keepers share it: the file a later pool reads if this host dies (``reap_leftovers``),
+    and, once :meth:`watch` has started it, the run's watcher process, which acts at the very
+    moment this host dies (``_watcher.py``)."""
 
     def __init__(self, run_tag: str, directory: pathlib.Path | None = None) -> None:
         self.run_tag = run_tag
         self.directory = directory or runtime_dir()
         self.path = self.directory / f"{run_tag}.json"
         self.pids: set[int] = set()
+        self.watcher: Watcher | None = None
+
+    def watch(self) -> None:
+        """Start the watcher (never fails: a watcher that cannot start only logs)."""
+        self.watcher = Watcher.start(self.run_tag)
 
     def write(self) -> None:
         data = {
@@ -72,16 +82,25 @@ class RunRecord:
     def add(self, pid: int) -> None:
         self.pids.add(pid)
         self.write()
+        if self.watcher is not None:
+            self.watcher.add(pid)
 
     def discard(self, pid: int) -> None:
         """Forget an exited process, so the record stays as small as the live pool."""
         if pid in self.pids:
             self.pids.discard(pid)
             self.write()
+        if self.watcher is not None:
+            self.watcher.discard(pid)
 
     def remove(self) -> None:
+        """The run ended cleanly: no record for a reaper, and the watcher leaves, killing
+        nothing."""
         with contextlib.suppress(OSError):
             self.path.unlink()
+        if self.watcher is not None:
+            self.watcher.close()
+            self.watcher = None
 
 
 def _carries_tag(proc: psutil.Process, tag: str) -> bool:

@@ -19,6 +19,7 @@ def main() -> None:
         "helpers": list(core.launcher.pids()),
         "grandchild": grandchild,
         "run_tag": pool.run_tag,
+        "watcher": core.record.watcher.pid if core.record.watcher else None,
     }
     print(json.dumps(info), flush=True)
     sys.stdin.read()  # until killed
