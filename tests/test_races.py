@@ -225,6 +225,9 @@ def test_a_call_already_written_when_the_worker_died_unread_is_sent_again() -> N
     with snakeden.SyncPool(EX, size=2) as pool:
         victim = pool.call("pid")
         os.kill(victim, signal.SIGSTOP)
+        # kill() only queues the signal: until the worker is really stopped, it may still be
+        # running on the other core, about to read what comes next.
+        _wait_until(lambda: psutil.Process(victim).status() == psutil.STATUS_STOPPED)
         result: list[int] = []
         caller = threading.Thread(target=lambda: result.append(pool.call("pid")))
         caller.start()

@@ -182,9 +182,11 @@ def test_an_interpreter_without_snakeden_is_named_with_the_fix(
 
 
 def test_an_interpreter_missing_a_dependency_of_snakeden_is_named_with_the_fix(
-    bare_venv: str,
+    bare_venv: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Here PYTHONPATH (set by conftest) hands the venv snakeden's sources, but not msgpack.
+    # PYTHONPATH hands the venv snakeden's sources, but not msgpack.
+    sources = os.path.dirname(os.path.dirname(snakeden.__file__))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([sources, os.environ["PYTHONPATH"]]))
     with pytest.raises(snakeden.WorkerStartError) as info:
         snakeden.SyncPool("snakeden.examples", size=1, start_method="spawn", python=bare_venv)
     assert f"its dependency 'msgpack' is missing there; install it there with `{bare_venv}" in str(
