@@ -28,6 +28,7 @@ from snakeden._protocol import (
     BATCH,
     BY_REFERENCE,
     DEFAULT_MAX_FRAME_SIZE,
+    HEADER_SIZE,
     PICKLE,
     Frame,
     FrameDecoder,
@@ -107,13 +108,20 @@ class _Server:
         write_all(self.wfd, encode_header(kind, ident, len(body), flags), body)
 
     def send_error(self, ident: int, flags: int, **fields: Any) -> None:
-        body = error_body(**fields)
-        try:
-            data = encode_body(body, flags & PICKLE)
-        except Exception:  # pragma: no cover - error bodies are plain strings
-            data = encode_body({k: str(v) for k, v in body.items()}, 0)
-            flags = 0
-        self.send(Kind.ERROR, ident, data, flags & PICKLE)
+        self.send_error_body(ident, flags, error_body(**fields))
+
+    def send_error_body(self, ident: int, flags: int, body: dict[str, Any]) -> None:
+        """Send an ERROR that fits in one frame: an over-size frame would make the host kill a
+        healthy worker instead of reporting the error (its texts can echo the caller's input)."""
+        flags &= PICKLE
+        room = self.max_frame_size - HEADER_SIZE
+        data = encode_body(body, flags)
+        if len(data) > room:
+            # Keep what says what went wrong; drop what only helps to find out why.
+            body = {**body, "traceback": "", "message": _clip(body["message"], room // 2)}
+            body.pop("commands", None)
+            data = encode_body(body, flags)
+        self.send(Kind.ERROR, ident, data, flags)
 
     def run(self) -> int:
         decoder = FrameDecoder(self.max_frame_size)
@@ -146,26 +154,35 @@ class _Server:
 
     def handle_call(self, frame: Frame) -> None:
         flags = frame.flags & PICKLE
+        # "decode" errors go out in MessagePack whatever the call's codec (docs/protocol.md
+        # §5): the host can read them even when the call's codec is what failed.
         try:
-            name, args, kwargs = decode_body(frame, _shm.ext_hook)
+            body = decode_body(frame, _shm.ext_hook)
         except Exception as exc:
+            message = f"the worker could not decode the call: {_text(exc)}"
             self.send_error(
-                frame.id,
-                flags,
-                kind="decode",
-                type_name=type(exc).__name__,
-                message=f"the worker could not decode the call: {exc}",
+                frame.id, 0, kind="decode", type_name=type(exc).__name__, message=message
             )
             return
+        problem = _shape_problem(frame, body)
+        if problem is not None:
+            # Calling with it anyway would mis-route the call (args "ab" taken as two
+            # arguments) or fail inside the runtime rather than as this call's error.
+            self.send_error(frame.id, 0, kind="decode", type_name="TypeError", message=problem)
+            return
+        name, args, kwargs = body
         try:
             fn = self._lookup(name, frame.flags)
-        except LookupError as exc:
+        except Exception as exc:  # importing a reference can raise anything
+            why = _text(exc)
+            if not isinstance(exc, LookupError):
+                why = f"cannot resolve {name!r} in the worker: {type(exc).__name__}: {why}"
             self.send_error(
                 frame.id,
                 flags,
                 kind="unknown_command",
-                type_name="LookupError",
-                message=str(exc),
+                type_name=type(exc).__name__,
+                message=why,
                 commands=sorted(self.commands),
             )
             return
@@ -176,7 +193,7 @@ class _Server:
         try:
             result = self._invoke(fn, args, kwargs)
         except Exception as exc:
-            self.send(Kind.ERROR, frame.id, encode_body(self._exception_body(exc), flags), flags)
+            self.send_error_body(frame.id, flags, self._exception_body(exc))
             return
         self._reply(frame.id, flags, result, name)
 
@@ -237,17 +254,13 @@ class _Server:
         return self._loop.run_until_complete(awaitable)
 
     def _exception_body(self, exc: Exception) -> dict[str, Any]:
-        if isinstance(exc, _BadCall):
-            return error_body(kind="bad_call", type_name="TypeError", message=str(exc))
         # Cut what could make the ERROR frame itself too large: the host would then kill a
-        # healthy worker instead of reporting the exception.
+        # healthy worker instead of reporting the exception. Counted in bytes, as the frame is.
         budget = max(256, self.max_frame_size // 4)
-        message = str(exc)
-        tb = "".join(traceback.format_exception(exc))
-        if len(message) > budget:
-            message = message[:budget] + f"... [{len(message) - budget} more characters]"
-        if len(tb) > budget:
-            tb = f"[{len(tb) - budget} characters cut]...\n" + tb[-budget:]
+        message = _clip(_text(exc), budget)
+        if isinstance(exc, _BadCall):
+            return error_body(kind="bad_call", type_name="TypeError", message=message)
+        tb = _clip_head(_text("".join(traceback.format_exception(exc))), budget)
         return error_body(
             kind="user", type_name=type(exc).__qualname__, message=message, traceback=tb
         )
@@ -267,8 +280,8 @@ class _Server:
                 type_name=type(exc).__name__,
                 message=(
                     f"the result of {name!r} (a {type(result).__name__}) could not be sent "
-                    f"with {codec}: {exc}. Return plain data (None, bool, int, float, str, "
-                    f"bytes, list, dict), use serializer='pickle', or return less"
+                    f"with {codec}: {_text(exc)}. Return plain data (None, bool, int, float, "
+                    f"str, bytes, list, dict), use serializer='pickle', or return less"
                 ),
             )
             return
@@ -277,6 +290,71 @@ class _Server:
 
 class _BadCall(Exception):
     pass
+
+
+def _shape_problem(frame: Frame, body: Any) -> str | None:
+    """Why a decoded CALL body is not ``[command, args, kwargs]``; None if it is."""
+    # Every call pays for this check: exact type() tests on what the host sends come first.
+    if type(body) is list and len(body) == 3:
+        name, args, kwargs = body
+        if type(name) is str and type(args) is list and type(kwargs) is dict:
+            for key in kwargs:
+                if type(key) is not str:
+                    break
+            else:
+                return _batch_problem(args) if frame.flags & BATCH else None
+    if not isinstance(body, (list, tuple)) or len(body) != 3:
+        what = "an empty body" if not frame.body else _describe(body)
+        return f"a CALL body must be a [command, args, kwargs] array, got {what}"
+    name, args, kwargs = body
+    if not isinstance(name, str):
+        return f"the command of a CALL must be a string, got {_describe(name)}"
+    if not isinstance(args, (list, tuple)):
+        return f"the args of a CALL must be an array, got {_describe(args)}"
+    if not isinstance(kwargs, dict):
+        return f"the kwargs of a CALL must be a map, got {_describe(kwargs)}"
+    for key in kwargs:
+        if not isinstance(key, str):
+            return f"the kwargs of a CALL must have string keys, got {_describe(key)}"
+    return _batch_problem(args) if frame.flags & BATCH else None
+
+
+def _batch_problem(batch: list[Any] | tuple[Any, ...]) -> str | None:
+    for args in batch:
+        if not isinstance(args, (list, tuple)):
+            return f"the args of a BATCH call must be arrays, one per call, got {_describe(args)}"
+    return None
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, (list, tuple, dict)):
+        return f"{type(value).__name__} of length {len(value)}"
+    return type(value).__name__
+
+
+def _text(obj: Any) -> str:
+    """``str(obj)`` for an ERROR body: never raises, and always encodable (no surrogates)."""
+    try:
+        text = str(obj)
+    except Exception:
+        text = f"<{type(obj).__name__} object: str() failed>"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _clip(text: str, limit: int) -> str:
+    """At most ``limit`` UTF-8 bytes of ``text`` (plus a note of what was cut)."""
+    data = text.encode("utf-8", "backslashreplace")
+    if len(data) <= limit:
+        return text
+    return data[:limit].decode("utf-8", "ignore") + f"... [{len(data) - limit} more bytes]"
+
+
+def _clip_head(text: str, limit: int) -> str:
+    """Like :func:`_clip`, keeping the end (a traceback's end says most)."""
+    data = text.encode("utf-8", "backslashreplace")
+    if len(data) <= limit:
+        return text
+    return f"[{len(data) - limit} bytes cut]...\n" + data[-limit:].decode("utf-8", "ignore")
 
 
 def serve(
@@ -328,8 +406,11 @@ def serve(
         worker_id=worker_id,
         codecs=["msgpack", "pickle"],
     )
-    server.send(Kind.HELLO, 0, encode_body(hello))
-    return server.run()
+    try:
+        server.send(Kind.HELLO, 0, encode_body(hello))
+        return server.run()
+    except BrokenPipeError:
+        return 0  # the host closed its end of the channel: like EOF, nobody is left to answer
 
 
 def adopt_host_path() -> None:
