@@ -57,8 +57,14 @@ def encode_call(
     name, flags = command_name(cmd)
     if shm is not None and not batch:
         args, kwargs = _shm.export_args(args, kwargs, shm[0], shm[1])
+    # The argument list (each item's, for a batch) is the envelope, not a value: sent as a plain
+    # array, a worker in any language reads it. Only tuples inside the arguments are EXT_TUPLE.
     if pickle:
         flags |= PICKLE
+    elif batch:
+        args = [list(a) for a in args]
+    elif type(args) is not list:
+        args = list(args)
     if batch:
         flags |= BATCH
     try:
@@ -66,7 +72,7 @@ def encode_call(
     except Exception as exc:
         codec = "pickle" if pickle else "MessagePack"
         hint = (
-            "pass plain data (None, bool, int, float, str, bytes, list, dict) "
+            "pass plain data (None, bool, int, float, str, bytes, list, tuple, dict) "
             "or create the pool with serializer='pickle'"
             if not pickle
             else "make the arguments picklable"
