@@ -736,6 +736,26 @@ def test_error_body_shape() -> None:
         kind="unknown_command", type_name="LookupError", message="no 'sub'", commands=["add"]
     )
     assert body["commands"] == ["add"]
+    body = error_body(
+        kind="user",
+        type_name="KeyError",
+        message="'k'",
+        module="builtins",
+        qualname="KeyError",
+        args=["k"],
+        attrs={"note": 1},
+    )
+    assert body == {
+        "kind": "user",
+        "type": "KeyError",
+        "message": "'k'",
+        "traceback": "",
+        "module": "builtins",
+        "qualname": "KeyError",
+        "args": ["k"],
+        "attrs": {"note": 1},
+    }
+    assert decode_body(Frame(Kind.ERROR, 0, 3, encode_body(body))) == body
     frame = Frame(Kind.ERROR, 0, 3, encode_body(body))
     assert decode_body(frame) == body
 

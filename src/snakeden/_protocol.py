@@ -323,6 +323,17 @@ ERROR_KINDS: Final = frozenset(
 )
 
 
+class PickledException(bytes):
+    """The ``pickled`` field of an ERROR body: the exception object, pickled on its own.
+
+    Nested rather than the object itself, so an exception the host cannot unpickle costs only the
+    exception's identity, not the whole reply. A type of its own, because only a pickled body can
+    hold one: the host never unpickles a ``pickled`` that came in a MessagePack body.
+    """
+
+    __slots__ = ()
+
+
 def error_body(
     *,
     kind: str,
@@ -330,13 +341,26 @@ def error_body(
     message: str,
     traceback: str = "",
     commands: list[str] | None = None,
+    module: str | None = None,
+    qualname: str | None = None,
+    args: list[Any] | None = None,
+    attrs: dict[str, Any] | None = None,
+    pickled: PickledException | None = None,
 ) -> dict[str, Any]:
+    """An ERROR body (docs/protocol.md section 7); optional fields are left out when ``None``."""
     body: dict[str, Any] = {
         "kind": kind,
         "type": type_name,
         "message": message,
         "traceback": traceback,
     }
-    if commands is not None:
-        body["commands"] = commands
+    optional = {
+        "commands": commands,
+        "module": module,
+        "qualname": qualname,
+        "args": args,
+        "attrs": attrs,
+        "pickled": pickled,
+    }
+    body.update((k, v) for k, v in optional.items() if v is not None)
     return body

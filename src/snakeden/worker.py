@@ -14,6 +14,7 @@ import ctypes
 import faulthandler
 import inspect
 import os
+import pickle
 import signal
 import sys
 import traceback
@@ -29,6 +30,7 @@ from snakeden._protocol import (
     Frame,
     FrameDecoder,
     Kind,
+    PickledException,
     ProtocolViolation,
     check_frame_size,
     decode_body,
@@ -168,12 +170,13 @@ class _Server:
             return
         self.calls += 1
         if frame.flags & BATCH:
-            self._reply(frame.id, flags, self._run_batch(fn, args, kwargs), name)
+            self._reply(frame.id, flags, self._run_batch(fn, args, kwargs, flags), name)
             return
         try:
             result = self._invoke(fn, args, kwargs)
-        except Exception as exc:
-            self.send(Kind.ERROR, frame.id, encode_body(self._exception_body(exc), flags), flags)
+        except BaseException as exc:  # sys.exit() in a command fails the call, not the worker
+            body = self._exception_body(exc, flags)
+            self.send(Kind.ERROR, frame.id, encode_body(body, flags), flags)
             return
         self._reply(frame.id, flags, result, name)
 
@@ -185,7 +188,7 @@ class _Server:
             raise LookupError(f"unknown command {name!r}")
         return fn
 
-    def _run_batch(self, fn: Callable[..., Any], batch: Any, kwargs: Any) -> list[Any]:
+    def _run_batch(self, fn: Callable[..., Any], batch: Any, kwargs: Any, flags: int) -> list[Any]:
         # One tight loop; each item runs exactly once and gets its own outcome.
         results: list[Any] = []
         append = results.append
@@ -199,8 +202,8 @@ class _Server:
                         value = self._await(value)
                     append([True, value])
                     i += 1
-            except Exception as exc:
-                append([False, self._exception_body(self._as_bad_call(exc))])
+            except BaseException as exc:
+                append([False, self._exception_body(self._as_bad_call(exc), flags)])
                 i += 1
         return results
 
@@ -217,7 +220,7 @@ class _Server:
         return bound
 
     @staticmethod
-    def _as_bad_call(exc: Exception) -> Exception:
+    def _as_bad_call(exc: BaseException) -> BaseException:
         """A TypeError raised while binding arguments (not inside the command) is the caller's
         mistake: its traceback ends in the frame that made the call."""
         if (
@@ -233,20 +236,39 @@ class _Server:
             self._loop = asyncio.new_event_loop()
         return self._loop.run_until_complete(awaitable)
 
-    def _exception_body(self, exc: Exception) -> dict[str, Any]:
+    def _exception_body(self, exc: BaseException, flags: int) -> dict[str, Any]:
         if isinstance(exc, _BadCall):
             return error_body(kind="bad_call", type_name="TypeError", message=str(exc))
         # Cut what could make the ERROR frame itself too large: the host would then kill a
-        # healthy worker instead of reporting the exception.
+        # healthy worker instead of reporting the exception. Message and traceback get a quarter
+        # of the frame each; args, attrs and the pickle an eighth each, or are left out.
         budget = max(256, self.max_frame_size // 4)
-        message = str(exc)
+        try:
+            message = str(exc)
+        except Exception as err:  # a broken __str__ must not take the worker down
+            message = f"<str() failed: {type(err).__name__}: {err}>"
+        if isinstance(exc, SystemExit):
+            message = f"exit code {exc.code!r}"
         tb = "".join(traceback.format_exception(exc))
         if len(message) > budget:
             message = message[:budget] + f"... [{len(message) - budget} more characters]"
         if len(tb) > budget:
             tb = f"[{len(tb) - budget} characters cut]...\n" + tb[-budget:]
+        cls = type(exc)
+        small = budget // 2
+        args = _constructor_args(exc)
+        state = getattr(exc, "__dict__", None) or {}
+        attrs = {k: v for k, v in state.items() if isinstance(k, str) and _fits(v, small)}
         return error_body(
-            kind="user", type_name=type(exc).__qualname__, message=message, traceback=tb
+            kind="user",
+            type_name=cls.__qualname__,
+            message=message,
+            traceback=tb,
+            module=cls.__module__,
+            qualname=cls.__qualname__,
+            args=args if _fits(args, small) else None,
+            attrs=attrs if attrs and _fits(attrs, small) else None,
+            pickled=_pickled(exc, small) if flags & PICKLE else None,
         )
 
     def _reply(self, ident: int, flags: int, result: Any, name: str) -> None:
@@ -255,7 +277,7 @@ class _Server:
                 result = _shm.export_result(result, self.shm_threshold, self.run_tag)
             data = encode_body(result, flags)
             check_frame_size(len(data), self.max_frame_size)
-        except Exception as exc:
+        except BaseException as exc:  # even SystemExit from a __reduce__, as ProcessPoolExecutor
             codec = "pickle" if flags else "MessagePack"
             self.send_error(
                 ident,
@@ -264,8 +286,9 @@ class _Server:
                 type_name=type(exc).__name__,
                 message=(
                     f"the result of {name!r} (a {type(result).__name__}) could not be sent "
-                    f"with {codec}: {exc}. Return plain data (None, bool, int, float, str, "
-                    f"bytes, list, dict), use serializer='pickle', or return less"
+                    f"with {codec}: {type(exc).__name__}: {exc}. Return plain data (None, "
+                    f"bool, int, float, str, bytes, list, tuple, dict), use "
+                    f"serializer='pickle', or return less"
                 ),
             )
             return
@@ -274,6 +297,39 @@ class _Server:
 
 class _BadCall(Exception):
     pass
+
+
+def _fits(value: Any, limit: int) -> bool:
+    """Whether ``value`` is plain MessagePack data of at most ``limit`` bytes.
+
+    Plain data even in a pickle pool: the host must be able to decode the ERROR body whatever
+    it can import, so objects only ever travel inside ``pickled``."""
+    try:
+        return len(encode_body(value)) <= limit
+    except Exception:
+        return False
+
+
+def _constructor_args(exc: BaseException) -> list[Any]:
+    """The arguments unpickling would rebuild ``exc`` with: ``args``, but OSError adds its
+    filename, for instance."""
+    try:
+        reduced = exc.__reduce__()
+        if reduced[0] is type(exc) and isinstance(reduced[1], tuple):
+            return list(reduced[1])
+    except Exception:  # a user __reduce__ that fails or returns a string
+        pass
+    return list(exc.args)
+
+
+def _pickled(exc: BaseException, limit: int) -> PickledException | None:
+    if not isinstance(exc, Exception):
+        return None  # the host never raises a SystemExit or KeyboardInterrupt as itself
+    try:
+        data = pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
+    except BaseException:  # unpicklable: the host falls back to module, qualname and args
+        return None
+    return PickledException(data) if len(data) <= limit else None
 
 
 def serve(
