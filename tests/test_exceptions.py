@@ -1,5 +1,5 @@
-"""A drop-in for ProcessPoolExecutor users: remote exceptions keep their type and tuples stay
-tuples. Real worker processes throughout.
+"""A drop-in for ProcessPoolExecutor users: remote exceptions keep their type, tuples stay tuples,
+and pickle is used only where the worker offers it. Real worker processes throughout.
 
 Where ``concurrent.futures.ProcessPoolExecutor`` defines the behaviour, the same expectation is
 run against it too (the ``executor`` fixture); where snakeden deliberately differs
@@ -12,10 +12,13 @@ import concurrent.futures as cf
 import errno
 import multiprocessing
 import os
+import pathlib
 import pickle
+import stat
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import msgpack
@@ -23,7 +26,8 @@ import pytest
 
 import snakeden
 from snakeden._calls import encode_call, error_from_body
-from snakeden._protocol import PickledException
+from snakeden._protocol import Frame, Kind, PickledException, encode_body
+from snakeden._supervisor import Supervisor
 from tests.conftest import run
 from tests.workers import errors
 from tests.workers.errors import AppError, CodedError
@@ -291,6 +295,72 @@ def test_the_call_envelope_stays_plain_arrays() -> None:
     batch = [(9,), ((1, 2),)]
     _, _, body = encode_call("f", batch, {}, pickle=False, max_frame_size=1 << 20, batch=True)
     assert msgpack.unpackb(body) == ["f", [[9], [msgpack.ExtType(43, b"\x92\x01\x02")]], {}]
+
+
+def test_a_msgpack_only_worker_passes_tuples_through(tmp_path: pathlib.Path) -> None:
+    # A runtime that does not know the tuple extension keeps it as an opaque value; echoed back,
+    # the host decodes it as the tuple it was.
+    with snakeden.SyncPool(size=1, python=str(_msgpack_only_interpreter(tmp_path))) as pool:
+        assert pool.call("echo", [(1, "a"), {"k": (2,)}]) == [(1, "a"), {"k": (2,)}]
+
+
+# --- pickle only where the worker offers it ------------------------------------------------------
+
+
+def _msgpack_only_interpreter(tmp_path: pathlib.Path) -> pathlib.Path:
+    """A stand-in for another runtime: a "python" that runs tests/workers/msgpack_only.py."""
+    worker = pathlib.Path(__file__).parent / "workers" / "msgpack_only.py"
+    script = tmp_path / "msgpack-only-runtime"
+    script.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{worker}" "$@"\n')
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return script
+
+
+def test_pickle_pool_refuses_a_worker_without_pickle_at_start(tmp_path: pathlib.Path) -> None:
+    python = str(_msgpack_only_interpreter(tmp_path))
+
+    async def body() -> None:
+        with pytest.raises(snakeden.WorkerStartError) as info:
+            async with snakeden.Pool(size=1, python=python, serializer="pickle"):
+                pass
+        assert "does not offer the pickle serializer" in str(info.value)
+        assert "use serializer='msgpack' or a Python worker" in str(info.value)
+        assert "msgpack-only test worker" in str(info.value)
+
+    run(body())
+
+
+def _hello(**fields: Any) -> Frame:
+    body = {"protocol": 1, "runtime": "r 1", "pid": 1, "commands": ["echo"], "worker_id": "w"}
+    return Frame(Kind.HELLO, 0, 0, encode_body({**body, **fields}))
+
+
+@pytest.mark.parametrize(
+    ("codecs", "serializer", "accepted"),
+    [
+        (["msgpack", "pickle"], "pickle", True),
+        (["msgpack", "pickle"], "msgpack", True),
+        (["msgpack"], "msgpack", True),
+        (["msgpack"], "pickle", False),
+        (None, "msgpack", True),  # no "codecs": MessagePack only
+        (None, "pickle", False),
+        ("pickle", "pickle", False),  # not an array: not an offer
+    ],
+)
+def test_check_hello_codecs(codecs: Any, serializer: str, accepted: bool) -> None:
+    sup = SimpleNamespace(config=SimpleNamespace(serializer=serializer))
+    w = SimpleNamespace(id="w9", pid=4242, commands=())
+    frame = _hello() if codecs is None else _hello(codecs=codecs)
+    check: Callable[..., None] = Supervisor._check_hello
+    if accepted:
+        check(sup, w, frame)
+        assert w.commands == ("echo",)
+    else:
+        with pytest.raises(
+            snakeden.WorkerStartError, match=r"worker w9 .*does not offer the pickle"
+        ):
+            check(sup, w, frame)
+        assert w.commands == ()
 
 
 # --- the ERROR body, for any worker --------------------------------------------------------------
