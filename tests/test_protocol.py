@@ -8,13 +8,15 @@ examples printed there are pinned in ``test_documented_example_bytes``.
 
 from __future__ import annotations
 
+import collections
+import enum
 import itertools
 import math
 import pickle
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 import pytest
@@ -125,6 +127,17 @@ msgpack_value = st.recursive(
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5),
     max_leaves=25,
 )
+msgpack_tuple_value = st.recursive(
+    msgpack_leaf,
+    lambda inner: (
+        st.lists(inner, max_size=5)
+        | st.lists(inner, max_size=5).map(tuple)
+        | st.dictionaries(
+            st.text() | st.tuples(st.integers(-5, 5), st.text(max_size=2)), inner, max_size=5
+        )
+    ),
+    max_leaves=25,
+)
 
 
 @dataclass
@@ -138,9 +151,10 @@ class Point:
 
 
 def assert_same(a: Any, b: Any) -> None:
-    """Equality that also checks types, so True/1, 1/1.0 and str/bytes are told apart."""
+    """Equality that also checks types, so True/1, 1/1.0, str/bytes and list/tuple are told
+    apart."""
     assert type(a) is type(b), (a, b)
-    if isinstance(a, list):
+    if isinstance(a, list | tuple):
         assert len(a) == len(b)
         for x, y in zip(a, b, strict=True):
             assert_same(x, y)
@@ -533,16 +547,81 @@ def test_msgpack_nan_and_infinities() -> None:
     assert math.isnan(decode_body(Frame(Kind.RESULT, 0, 1, encode_body(math.nan))))
 
 
-def test_msgpack_decodes_tuples_as_lists() -> None:
-    # Documented in docs/protocol.md: MessagePack has one array type, so a tuple sent without
-    # Flag.PICKLE comes back as a list, at any depth. Use pickle if the type matters.
-    value = (1, ("a", (b"b",)), {"k": (2, 3)})
+def test_msgpack_round_trips_tuples() -> None:
+    # Documented in docs/protocol.md section 5.1: a tuple is extension type 43 whose payload is
+    # the MessagePack array of its items, at any depth, also as a map key.
+    assert encode_body((1, 2)) == bytes.fromhex("c7 03 2b 92 01 02")
+    assert encode_body(()) == bytes.fromhex("d4 2b 90")
+    value = (1, ("a", (b"b",)), {"k": (2, 3), (4, (5,)): [()]}, [(6,)])
     out = decode_body(Frame(Kind.RESULT, 0, 1, encode_body(value)))
-    assert out == [1, ["a", [b"b"]], {"k": [2, 3]}]
-    assert type(out) is list
-    assert type(out[1][1]) is list
-    assert type(out[2]["k"]) is list
+    assert out == value
+    assert type(out) is tuple and type(out[1]) is tuple and type(out[1][1]) is tuple
+    assert type(out[2]["k"]) is tuple and type(list(out[2])[1][1]) is tuple
+    assert type(out[3]) is list and type(out[3][0]) is tuple
     assert decode_body(Frame(Kind.RESULT, Flag.PICKLE, 1, encode_body(value, Flag.PICKLE))) == value
+
+
+@given(value=msgpack_tuple_value)
+def test_msgpack_round_trip_with_tuples(value: Any) -> None:
+    assert_same(decode_body(Frame(Kind.RESULT, 0, 1, encode_body(value))), value)
+
+
+def test_msgpack_tuples_inside_other_extension_values_reach_the_callers_hook() -> None:
+    # decode_body's ext_hook (the host's shared-memory one) still sees every other code, even
+    # inside a tuple; without a hook they stay ExtType.
+    body = encode_body((msgpack.ExtType(42, b"x"), [msgpack.ExtType(7, b"")]))
+    seen: list[int] = []
+
+    def hook(code: int, data: bytes) -> Any:
+        seen.append(code)
+        return f"ext{code}"
+
+    assert decode_body(Frame(Kind.RESULT, 0, 1, body), hook) == ("ext42", ["ext7"])
+    assert seen == [42, 7]
+    plain = decode_body(Frame(Kind.RESULT, 0, 1, body))
+    assert plain == (msgpack.ExtType(42, b"x"), [msgpack.ExtType(7, b"")])
+
+
+class Color(enum.IntEnum):
+    RED = 1
+
+
+class Mode(str, enum.Enum):  # noqa: UP042  # not StrEnum: its str() is "Mode.FAST"
+    FAST = "fast"
+
+
+class Pair(NamedTuple):
+    a: int
+    b: str
+
+
+class Text(str):
+    pass
+
+
+def test_msgpack_packs_subclasses_as_their_base_type() -> None:
+    # strict_types (for tuples) must not change what other subclasses became: exactly the bytes
+    # plain MessagePack gives their base value.
+    cases: list[tuple[Any, Any]] = [
+        (Color.RED, 1),
+        (Mode.FAST, "fast"),
+        (Text("t"), "t"),
+        (collections.OrderedDict(a=1), {"a": 1}),
+        (collections.defaultdict(int, b=2), {"b": 2}),
+        (collections.UserList([1]), None),  # not a list subclass: refused, as before
+    ]
+    for value, base in cases:
+        if base is None:
+            with pytest.raises(TypeError):
+                encode_body(value)
+            continue
+        assert encode_body(value) == msgpack.packb(base, use_bin_type=True), value
+        assert_same(decode_body(Frame(Kind.RESULT, 0, 1, encode_body(value))), base)
+    assert encode_body([True, 1.5, b"b", bytearray(b"y")]) == msgpack.packb(
+        [True, 1.5, b"b", b"y"], use_bin_type=True
+    )
+    # A named tuple is a tuple: it arrives as a plain one.
+    assert_same(decode_body(Frame(Kind.RESULT, 0, 1, encode_body(Pair(1, "x")))), (1, "x"))
 
 
 def test_msgpack_accepts_non_str_map_keys() -> None:
@@ -657,6 +736,26 @@ def test_error_body_shape() -> None:
         kind="unknown_command", type_name="LookupError", message="no 'sub'", commands=["add"]
     )
     assert body["commands"] == ["add"]
+    body = error_body(
+        kind="user",
+        type_name="KeyError",
+        message="'k'",
+        module="builtins",
+        qualname="KeyError",
+        args=["k"],
+        attrs={"note": 1},
+    )
+    assert body == {
+        "kind": "user",
+        "type": "KeyError",
+        "message": "'k'",
+        "traceback": "",
+        "module": "builtins",
+        "qualname": "KeyError",
+        "args": ["k"],
+        "attrs": {"note": 1},
+    }
+    assert decode_body(Frame(Kind.ERROR, 0, 3, encode_body(body))) == body
     frame = Frame(Kind.ERROR, 0, 3, encode_body(body))
     assert decode_body(frame) == body
 

@@ -5,6 +5,7 @@ Pure functions shared by both fronts; no I/O, no pool state.
 
 from __future__ import annotations
 
+import pickle as _pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -14,9 +15,11 @@ from snakeden._errors import (
     BadCall,
     PayloadTooLarge,
     ProtocolError,
-    RemoteError,
+    RemoteTraceback,
     SerializationError,
+    SnakedenError,
     UnknownCommand,
+    remote_error,
 )
 from snakeden._protocol import (
     BATCH,
@@ -25,6 +28,7 @@ from snakeden._protocol import (
     PICKLE,
     Frame,
     Kind,
+    PickledException,
     decode_body,
     encode_body,
 )
@@ -61,8 +65,14 @@ def encode_call(
     name, flags = command_name(cmd)
     if shm is not None and not batch:
         args, kwargs = _shm.export_args(args, kwargs, shm[0], shm[1])
+    # The argument list (each item's, for a batch) is the envelope, not a value: sent as a plain
+    # array, a worker in any language reads it. Only tuples inside the arguments are EXT_TUPLE.
     if pickle:
         flags |= PICKLE
+    elif batch:
+        args = [list(a) for a in args]
+    elif type(args) is not list:
+        args = list(args)
     if batch:
         flags |= BATCH
     try:
@@ -70,7 +80,7 @@ def encode_call(
     except Exception as exc:
         codec = "pickle" if pickle else "MessagePack"
         hint = (
-            "pass plain data (None, bool, int, float, str, bytes, list, dict) "
+            "pass plain data (None, bool, int, float, str, bytes, list, tuple, dict) "
             "or create the pool with serializer='pickle'"
             if not pickle
             else "make the arguments picklable"
@@ -102,7 +112,41 @@ def error_from_body(body: Any, name: str) -> Exception:
         return BadCall(f"bad call to {name!r}: {message}")
     if kind in ("encode", "decode"):
         return SerializationError(message)
-    return RemoteError(type_name, message, str(body.get("traceback", "")), name)
+    tb = str(body.get("traceback", ""))
+    pickled = body.get("pickled")
+    # Only a PickledException, which a MessagePack body cannot hold: a pool that chose MessagePack
+    # never unpickles, whatever its worker sends.
+    if isinstance(pickled, PickledException):
+        exc = _unpickle_exception(pickled, tb)
+        if exc is not None:
+            return exc
+    args = body.get("args")
+    attrs = body.get("attrs")
+    return remote_error(
+        type_name,
+        message,
+        tb,
+        name,
+        module=body.get("module"),
+        qualname=body.get("qualname"),
+        args=args if isinstance(args, list | tuple) else None,
+        attrs=attrs if isinstance(attrs, dict) else None,
+    )
+
+
+def _unpickle_exception(data: bytes, tb: str) -> Exception | None:
+    """The worker's own exception object, as ProcessPoolExecutor raises it; None to fall back."""
+    try:
+        exc = _pickle.loads(data)
+    except Exception:  # e.g. a class not importable here, or an __init__ unpickling cannot call
+        return None
+    # A SystemExit or KeyboardInterrupt would end the caller's program, and snakeden's own errors
+    # describe this pool (a remote ProtocolError would even get a healthy worker killed).
+    if not isinstance(exc, Exception) or isinstance(exc, SnakedenError):
+        return None
+    if tb:
+        exc.__cause__ = RemoteTraceback(tb)
+    return exc
 
 
 def decode_reply(frame: Frame, name: str) -> Any:

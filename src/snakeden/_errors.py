@@ -8,8 +8,12 @@ wrapped in any of these: cancelling a caller always raises the caller's own canc
 
 from __future__ import annotations
 
+import contextlib
 import signal
-from collections.abc import Sequence
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 
 class SnakedenError(Exception):
@@ -40,16 +44,147 @@ class RemoteError(CallError):
     ``type_name`` is the remote exception's class name, ``remote_message`` its message and
     ``remote_traceback`` the worker-side traceback, which is also chained as ``__cause__``.
     The worker survives and keeps serving.
+
+    With the MessagePack serializer, when the remote class is an ``Exception`` subclass already
+    imported on the host, the exception raised is also an instance of that class (see
+    :func:`remote_error`), so ``except ZeroDivisionError`` works as with a local call. With
+    ``serializer="pickle"`` the caller gets the original exception object instead, which is not a
+    ``RemoteError``.
     """
 
+    # (module, qualname, args, attrs) of the remote exception, for pickling (see __reduce__).
+    _origin: tuple[Any, ...] = (None, None, None, None)
+
     def __init__(self, type_name: str, message: str, remote_traceback: str, command: str) -> None:
-        super().__init__(f"{type_name}: {message} (raised by command {command!r} in the worker)")
+        what = f"{type_name}: {message}" if message else type_name
+        super().__init__(f"{what} (raised by command {command!r} in the worker)")
+        self._set_remote(type_name, message, remote_traceback, command)
+
+    def _set_remote(
+        self, type_name: str, message: str, remote_traceback: str, command: str
+    ) -> None:
         self.type_name = type_name
         self.remote_message = message
         self.remote_traceback = remote_traceback
         self.command = command
         if remote_traceback:
             self.__cause__ = RemoteTraceback(remote_traceback)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # args holds the formatted message (or the remote args), not what remote_error() takes:
+        # without this, unpickling raises TypeError (and a ProcessPoolExecutor that runs a
+        # SyncPool call in its own worker breaks).
+        state = {k: v for k, v in self.__dict__.items() if k != "_origin"}
+        fields = (self.type_name, self.remote_message, self.remote_traceback, self.command)
+        return (_rebuild, (fields, self._origin), state)
+
+
+def remote_error(
+    type_name: str,
+    message: str,
+    remote_traceback: str,
+    command: str,
+    *,
+    module: str | None = None,
+    qualname: str | None = None,
+    args: Sequence[Any] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> RemoteError:
+    """The exception for a command that raised an instance of ``module.qualname`` in the worker.
+
+    If that class is an ``Exception`` subclass (but no snakeden error, whose meaning is about a
+    pool) found in a module the host has already imported, the result is an instance of
+    ``_Remote_<name>(RemoteError, <class>)``, built as unpickling builds an exception: the
+    class's own ``__new__`` and ``__init__`` called with ``args`` (its constructor arguments; so
+    ``OSError.errno`` and the like are set), then the instance attributes ``attrs`` set. If the
+    constructor refuses ``args`` (a custom signature), the instance is made without calling
+    ``__init__`` and ``args`` become its ``args``. Its ``str()`` is the remote ``str()``.
+    Otherwise, or if the two classes cannot be combined (incompatible C layouts), it is a plain
+    :class:`RemoteError`.
+
+    Only modules already in ``sys.modules`` are searched: importing a module the worker names
+    would run its top-level code in the host, just to pick an exception type.
+    """
+    base = _host_class(module, qualname)
+    combined = _combined_class(base) if base is not None else None
+    exc = None
+    if combined is not None and base is not None:
+        exc = _construct(combined, base, args, message)
+    if exc is None:
+        exc = RemoteError(type_name, message, remote_traceback, command)
+    else:
+        for key, value in (attrs or {}).items():
+            with contextlib.suppress(Exception):  # a read-only property: keep the class's value
+                setattr(exc, key, value)
+        exc._set_remote(type_name, message, remote_traceback, command)  # after attrs: ours win
+    if module is not None:
+        exc._origin = (module, qualname, args, attrs)
+    return exc
+
+
+def _rebuild(fields: tuple[str, str, str, str], origin: tuple[Any, ...]) -> RemoteError:
+    module, qualname, args, attrs = origin
+    return remote_error(*fields, module=module, qualname=qualname, args=args, attrs=attrs)
+
+
+def _host_class(module: str | None, qualname: str | None) -> type[Exception] | None:
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        return None
+    obj: Any = sys.modules.get(module)
+    for part in qualname.split("."):  # "<locals>" is never found: such a class is not importable
+        obj = getattr(obj, part, None)
+    if isinstance(obj, type) and issubclass(obj, Exception) and not issubclass(obj, SnakedenError):
+        return obj
+    return None
+
+
+_combined: dict[type, type[RemoteError] | None] = {}
+_combined_lock = threading.Lock()
+
+
+def _combined_str(self: RemoteError) -> str:
+    # The remote str(): the class's own __str__ would format args that may not be the
+    # constructor's (KeyError quotes its key; a no-__init__ instance may have none).
+    message = self.__dict__.get("remote_message")
+    return BaseException.__str__(self) if message is None else str(message)
+
+
+def _combined_class(base: type[Exception]) -> type[RemoteError] | None:
+    """``_Remote_<name>(RemoteError, base)``, one per class, so ``type(a) is type(b)`` holds."""
+    with _combined_lock:
+        if base in _combined:
+            return _combined[base]
+        name = f"_Remote_{base.__name__}"
+        namespace = {"__module__": __name__, "__qualname__": name, "__str__": _combined_str}
+        try:
+            cls: type[RemoteError] | None = type(name, (RemoteError, base), namespace)
+        except Exception:  # TypeError: layout or metaclass conflict; or base's __init_subclass__
+            cls = None
+        _combined[base] = cls
+        return cls
+
+
+def _construct(
+    cls: type[RemoteError], base: type[Exception], args: Sequence[Any] | None, message: str
+) -> RemoteError | None:
+    if args is not None:
+        try:
+            exc = base.__new__(cls, *args)
+            base.__init__(exc, *args)
+        except Exception:  # a constructor whose signature is not its args: see below
+            pass
+        else:
+            # A __new__ that returns something else: no instance of ours to build on.
+            return exc if isinstance(exc, cls) else None
+    try:
+        # base.__new__, not BaseException.__new__, which refuses C layouts such as OSError's.
+        exc = base.__new__(cls)
+    except Exception:
+        return None
+    if not isinstance(exc, cls):
+        return None
+    exc.args = tuple(args) if args is not None else (message,)
+    return exc
 
 
 class UnknownCommand(CallError):

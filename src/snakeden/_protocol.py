@@ -200,7 +200,53 @@ def check_frame_size(body_len: int, max_frame_size: int) -> None:
 # Python-only objects; it executes code on load, so only ever load pickles from our own workers.
 
 
+#: MessagePack extension type of a tuple: the payload is the MessagePack array of its items, so a
+#: tuple survives the round trip at any depth instead of arriving as a list. ``_shm.EXT_SHM`` is 42.
+EXT_TUPLE: Final = 43
+
 _local = threading.local()
+# tuple.__new__ skips ExtType.__new__'s argument checks, which cost 3x the tuple itself; code and
+# data are ours and always valid.
+_ext = tuple.__new__
+
+
+def _packer() -> msgpack.Packer:
+    # strict_types: only exact list is an array, so a tuple reaches _default (and becomes
+    # EXT_TUPLE). The exact-type checks cost nothing in the common case; subclasses pay in
+    # _default.
+    return msgpack.Packer(use_bin_type=True, datetime=False, strict_types=True, default=_default)
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, tuple):
+        # The Packer that called us is mid-pack and not reentrant, so the items go through a
+        # spare one from a per-thread free list (a nested tuple takes another).
+        try:
+            spare = _local.spare
+        except AttributeError:
+            spare = _local.spare = []
+        packer = spare.pop() if spare else _packer()
+        try:
+            data = packer.pack(list(obj))
+        finally:
+            spare.append(packer)
+        return _ext(msgpack.ExtType, (EXT_TUPLE, data))
+    # strict_types also stops msgpack from packing subclasses as their base type (an IntEnum as
+    # an int, a defaultdict as a map); keep doing that. The base-class methods copy the value
+    # without calling an override (str() of a ``str, Enum`` member is its name, not its value).
+    if isinstance(obj, dict):
+        return dict(obj)
+    if isinstance(obj, list):
+        return list(obj)
+    if isinstance(obj, int):
+        return int.__int__(obj)
+    if isinstance(obj, float):
+        return float.__float__(obj)
+    if isinstance(obj, str):
+        return str.__str__(obj)
+    if isinstance(obj, bytes | bytearray):
+        return bytes(memoryview(obj))
+    raise TypeError(f"can not serialize {type(obj).__name__!r} object")
 
 
 def _pack(obj: Any) -> bytes:
@@ -209,12 +255,26 @@ def _pack(obj: Any) -> bytes:
     try:
         packer = _local.packer
     except AttributeError:
-        packer = _local.packer = msgpack.Packer(use_bin_type=True, datetime=False)
+        packer = _local.packer = _packer()
     return packer.pack(obj)  # type: ignore[no-any-return]
 
 
-def _unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
+def _hook_for(outer: Any) -> Any:
+    """An ``ext_hook`` that turns EXT_TUPLE into a tuple and passes other codes to ``outer``."""
+
+    def hook(code: int, data: bytes) -> Any:
+        if code == EXT_TUPLE:
+            return tuple(
+                msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True, ext_hook=hook)
+            )
+        if outer is not None:
+            return outer(code, data)
+        return msgpack.ExtType(code, data)
+
+    return hook
+
+
+_hooks: dict[Any, Any] = {None: _hook_for(None)}
 
 
 def encode_body(obj: Any, flags: int = 0) -> bytes:
@@ -227,17 +287,18 @@ def encode_body(obj: Any, flags: int = 0) -> bytes:
 def decode_body(frame: Frame, ext_hook: Any = None) -> Any:
     """Deserialise a frame's body according to its flags. Empty bodies decode to ``None``.
 
-    ``ext_hook`` handles MessagePack extension values (the shared-memory references of
-    ``_shm``); this module itself never does I/O."""
+    ``ext_hook`` handles MessagePack extension values other than tuples (the shared-memory
+    references of ``_shm``); this module itself never does I/O."""
     if not frame.body:
         return None
     if frame.flags & PICKLE:
         return pickle.loads(frame.body)
-    if ext_hook is not None:
-        return msgpack.unpackb(
-            frame.body, raw=False, strict_map_key=False, use_list=True, ext_hook=ext_hook
-        )
-    return _unpack(frame.body)
+    hook = _hooks.get(ext_hook)
+    if hook is None:
+        hook = _hooks[ext_hook] = _hook_for(ext_hook)
+    return msgpack.unpackb(
+        frame.body, raw=False, strict_map_key=False, use_list=True, ext_hook=hook
+    )
 
 
 # --- message helpers shared by host and worker ----------------------------------------------------
@@ -262,6 +323,17 @@ ERROR_KINDS: Final = frozenset(
 )
 
 
+class PickledException(bytes):
+    """The ``pickled`` field of an ERROR body: the exception object, pickled on its own.
+
+    Nested rather than the object itself, so an exception the host cannot unpickle costs only the
+    exception's identity, not the whole reply. A type of its own, because only a pickled body can
+    hold one: the host never unpickles a ``pickled`` that came in a MessagePack body.
+    """
+
+    __slots__ = ()
+
+
 def error_body(
     *,
     kind: str,
@@ -269,13 +341,26 @@ def error_body(
     message: str,
     traceback: str = "",
     commands: list[str] | None = None,
+    module: str | None = None,
+    qualname: str | None = None,
+    args: list[Any] | None = None,
+    attrs: dict[str, Any] | None = None,
+    pickled: PickledException | None = None,
 ) -> dict[str, Any]:
+    """An ERROR body (docs/protocol.md section 7); optional fields are left out when ``None``."""
     body: dict[str, Any] = {
         "kind": kind,
         "type": type_name,
         "message": message,
         "traceback": traceback,
     }
-    if commands is not None:
-        body["commands"] = commands
+    optional = {
+        "commands": commands,
+        "module": module,
+        "qualname": qualname,
+        "args": args,
+        "attrs": attrs,
+        "pickled": pickled,
+    }
+    body.update((k, v) for k, v in optional.items() if v is not None)
     return body

@@ -279,6 +279,17 @@ class Supervisor:
                 f"install the same snakeden version in the worker's environment",
                 {w.id: f"protocol {version}"},
             )
+        # Checked here, once, rather than as an undecodable call later. No "codecs": MessagePack
+        # only (docs/protocol.md section 6.1).
+        codecs = body.get("codecs")
+        if self.config.serializer == "pickle" and not (
+            isinstance(codecs, list) and "pickle" in codecs
+        ):
+            raise WorkerStartError(
+                f"worker {w.id} (pid {w.pid}, {body.get('runtime', 'unknown runtime')}) does "
+                f"not offer the pickle serializer; use serializer='msgpack' or a Python worker",
+                {w.id: f"codecs {codecs!r}: no pickle"},
+            )
         w.commands = tuple(body.get("commands") or ())
 
     def _break(self, cause: WorkerStartError) -> None:

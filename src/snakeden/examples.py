@@ -69,7 +69,8 @@ def hang_in_c(seconds: float = 3600.0) -> None:
 
 @command
 def crash(how: str = "segfault") -> None:
-    """Die the way native code dies: ``segfault``, ``abort``, ``exit``, ``os_exit``, ``kill``."""
+    """Die the way native code dies: ``segfault``, ``abort``, ``os_exit``, ``kill``. (``exit``
+    is ``sys.exit(3)``, which fails only the call: the worker keeps serving.)"""
     sys.stdout.flush()
     if how == "segfault":
         ctypes.string_at(0)

@@ -16,6 +16,7 @@ import inspect
 import json
 import logging
 import os
+import pickle
 import signal
 import sys
 import traceback
@@ -33,6 +34,7 @@ from snakeden._protocol import (
     Frame,
     FrameDecoder,
     Kind,
+    PickledException,
     ProtocolViolation,
     check_frame_size,
     decode_body,
@@ -119,7 +121,8 @@ class _Server:
         if len(data) > room:
             # Keep what says what went wrong; drop what only helps to find out why.
             body = {**body, "traceback": "", "message": _clip(body["message"], room // 2)}
-            body.pop("commands", None)
+            for extra in ("commands", "args", "attrs", "pickled"):
+                body.pop(extra, None)
             data = encode_body(body, flags)
         self.send(Kind.ERROR, ident, data, flags)
 
@@ -188,12 +191,12 @@ class _Server:
             return
         self.calls += 1
         if frame.flags & BATCH:
-            self._reply(frame.id, flags, self._run_batch(fn, args, kwargs), name)
+            self._reply(frame.id, flags, self._run_batch(fn, args, kwargs, flags), name)
             return
         try:
             result = self._invoke(fn, args, kwargs)
-        except Exception as exc:
-            self.send_error_body(frame.id, flags, self._exception_body(exc))
+        except BaseException as exc:  # sys.exit() in a command fails the call, not the worker
+            self.send_error_body(frame.id, flags, self._exception_body(exc, flags))
             return
         self._reply(frame.id, flags, result, name)
 
@@ -205,7 +208,7 @@ class _Server:
             raise LookupError(f"unknown command {name!r}")
         return fn
 
-    def _run_batch(self, fn: Callable[..., Any], batch: Any, kwargs: Any) -> list[Any]:
+    def _run_batch(self, fn: Callable[..., Any], batch: Any, kwargs: Any, flags: int) -> list[Any]:
         # One tight loop; each item runs exactly once and gets its own outcome.
         results: list[Any] = []
         append = results.append
@@ -219,8 +222,8 @@ class _Server:
                         value = self._await(value)
                     append([True, value])
                     i += 1
-            except Exception as exc:
-                append([False, self._exception_body(self._as_bad_call(exc))])
+            except BaseException as exc:
+                append([False, self._exception_body(self._as_bad_call(exc), flags)])
                 i += 1
         return results
 
@@ -237,7 +240,7 @@ class _Server:
         return bound
 
     @staticmethod
-    def _as_bad_call(exc: Exception) -> Exception:
+    def _as_bad_call(exc: BaseException) -> BaseException:
         """A TypeError raised while binding arguments (not inside the command) is the caller's
         mistake: its traceback ends in the frame that made the call."""
         if (
@@ -253,16 +256,33 @@ class _Server:
             self._loop = asyncio.new_event_loop()
         return self._loop.run_until_complete(awaitable)
 
-    def _exception_body(self, exc: Exception) -> dict[str, Any]:
+    def _exception_body(self, exc: BaseException, flags: int) -> dict[str, Any]:
         # Cut what could make the ERROR frame itself too large: the host would then kill a
-        # healthy worker instead of reporting the exception. Counted in bytes, as the frame is.
+        # healthy worker instead of reporting the exception. Counted in bytes, as the frame is:
+        # message and traceback get a quarter of the frame each; args, attrs and the pickle an
+        # eighth each, or are left out.
         budget = max(256, self.max_frame_size // 4)
         message = _clip(_text(exc), budget)
         if isinstance(exc, _BadCall):
             return error_body(kind="bad_call", type_name="TypeError", message=message)
+        if isinstance(exc, SystemExit):
+            message = f"exit code {exc.code!r}"
         tb = _clip_head(_text("".join(traceback.format_exception(exc))), budget)
+        cls = type(exc)
+        small = budget // 2
+        args = _constructor_args(exc)
+        state = getattr(exc, "__dict__", None) or {}
+        attrs = {k: v for k, v in state.items() if isinstance(k, str) and _fits(v, small)}
         return error_body(
-            kind="user", type_name=type(exc).__qualname__, message=message, traceback=tb
+            kind="user",
+            type_name=cls.__qualname__,
+            message=message,
+            traceback=tb,
+            module=cls.__module__,
+            qualname=cls.__qualname__,
+            args=args if _fits(args, small) else None,
+            attrs=attrs if attrs and _fits(attrs, small) else None,
+            pickled=_pickled(exc, small) if flags & PICKLE else None,
         )
 
     def _reply(self, ident: int, flags: int, result: Any, name: str) -> None:
@@ -271,7 +291,7 @@ class _Server:
                 result = _shm.export_result(result, self.shm_threshold, self.run_tag)
             data = encode_body(result, flags)
             check_frame_size(len(data), self.max_frame_size)
-        except Exception as exc:
+        except BaseException as exc:  # even SystemExit from a __reduce__, as ProcessPoolExecutor
             codec = "pickle" if flags else "MessagePack"
             self.send_error(
                 ident,
@@ -280,8 +300,9 @@ class _Server:
                 type_name=type(exc).__name__,
                 message=(
                     f"the result of {name!r} (a {type(result).__name__}) could not be sent "
-                    f"with {codec}: {_text(exc)}. Return plain data (None, bool, int, float, "
-                    f"str, bytes, list, dict), use serializer='pickle', or return less"
+                    f"with {codec}: {type(exc).__name__}: {_text(exc)}. Return plain data "
+                    f"(None, bool, int, float, str, bytes, list, tuple, dict), use "
+                    f"serializer='pickle', or return less"
                 ),
             )
             return
@@ -357,6 +378,39 @@ def _clip_head(text: str, limit: int) -> str:
     return f"[{len(data) - limit} bytes cut]...\n" + data[-limit:].decode("utf-8", "ignore")
 
 
+def _fits(value: Any, limit: int) -> bool:
+    """Whether ``value`` is plain MessagePack data of at most ``limit`` bytes.
+
+    Plain data even in a pickle pool: the host must be able to decode the ERROR body whatever
+    it can import, so objects only ever travel inside ``pickled``."""
+    try:
+        return len(encode_body(value)) <= limit
+    except Exception:
+        return False
+
+
+def _constructor_args(exc: BaseException) -> list[Any]:
+    """The arguments unpickling would rebuild ``exc`` with: ``args``, but OSError adds its
+    filename, for instance."""
+    try:
+        reduced = exc.__reduce__()
+        if reduced[0] is type(exc) and isinstance(reduced[1], tuple):
+            return list(reduced[1])
+    except Exception:  # a user __reduce__ that fails or returns a string
+        pass
+    return list(exc.args)
+
+
+def _pickled(exc: BaseException, limit: int) -> PickledException | None:
+    if not isinstance(exc, Exception):
+        return None  # the host never raises a SystemExit or KeyboardInterrupt as itself
+    try:
+        data = pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
+    except BaseException:  # unpicklable: the host falls back to module, qualname and args
+        return None
+    return PickledException(data) if len(data) <= limit else None
+
+
 def serve(
     target: str | None,
     *,
@@ -411,6 +465,11 @@ def serve(
         return server.run()
     except BrokenPipeError:
         return 0  # the host closed its end of the channel: like EOF, nobody is left to answer
+    finally:
+        if server._loop is not None:
+            # Closed here, not by the garbage collector at exit, which may run it after the
+            # fds it watches are gone and print a traceback nobody asked for.
+            server._loop.close()
 
 
 def adopt_host_path() -> None:
