@@ -17,7 +17,7 @@ import select
 import signal
 import stat
 import threading
-import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -218,10 +218,22 @@ def test_sync_call_to_a_worker_already_dead_is_redispatched() -> None:
     with snakeden.SyncPool(WORKER, size=1, on_event=log) as pool:
         for i in range(3):
             (pid,) = pool.worker_pids()
-            _stall_supervisor(pool, 0.5)
-            os.kill(pid, signal.SIGKILL)
-            assert _chaos.wait_exit(pid, 30)
-            assert pool.call("echo", i) == i
+            release = _stall_supervisor(pool)
+            try:
+                os.kill(pid, signal.SIGKILL)
+                assert _chaos.wait_exit(pid, 30)  # the supervisor is held: it has not seen it
+                result: list[Any] = []
+                caller = threading.Thread(
+                    target=lambda i=i, out=result: out.append(pool.call("echo", i))
+                )
+                caller.start()
+                # It took the dead worker, found it dead before writing, and now waits for the
+                # replacement, which the held supervisor cannot start yet.
+                assert _until(lambda i=i: pool.stats().calls_redispatched == i + 1)
+            finally:
+                release.set()
+            caller.join(60)
+            assert result == [i]
 
             def noticed(evs: list[snakeden.WorkerEvent], pid: int = pid) -> bool:
                 return any(e.kind == "crashed" and e.pid == pid for e in evs)
@@ -231,17 +243,26 @@ def test_sync_call_to_a_worker_already_dead_is_redispatched() -> None:
         check_pool(pool, quiescent=True, size=1)
 
 
-def _stall_supervisor(pool: snakeden.SyncPool, seconds: float) -> None:
-    """From now on, the SyncPool's supervisor loop is stuck for ``seconds`` (as on an overloaded
-    machine): the injected fault itself, not a wait for anything. It then catches up alone."""
-    loop = getattr(pool, "_loop", None)
-    if loop is None:
-        return  # another core: the race is still run, only not forced
+def _until(cond: Callable[[], bool], timeout: float = 30.0) -> bool:
+    """A bounded poll of state that another thread changes with no event to wait on."""
+    never = threading.Event()
+    for _ in range(int(timeout / 0.005)):
+        if cond():
+            return True
+        never.wait(0.005)
+    return cond()
+
+
+def _stall_supervisor(pool: snakeden.SyncPool) -> threading.Event:
+    """Hold the SyncPool's supervisor loop (as on an overloaded machine) until the returned
+    event is set: the injected fault, released by the test when its window has been used."""
+    release = threading.Event()
     began = threading.Event()
 
     def stall() -> None:
         began.set()
-        time.sleep(seconds)
+        release.wait(60)
 
-    loop.call_soon_threadsafe(stall)
+    pool._loop.call_soon_threadsafe(stall)
     assert began.wait(30)
+    return release
