@@ -146,6 +146,7 @@ class Pool:
         while True:
             w, waited = await core.checkout_async(cfg.queue_timeout)
             t1 = time.perf_counter()
+            w.current_command = name  # for the live view (snakeden top)
             channel = w.channel
             assert channel is not None
             ident = channel.next_id()

@@ -172,6 +172,7 @@ class SyncPool(cf.Executor):
                 cfg.queue_timeout if queue_timeout is _UNSET else queue_timeout
             )
             t1 = time.perf_counter()
+            w.current_command = name  # for the live view (snakeden top)
             channel = w.channel
             assert channel is not None
             ident = channel.next_id()
