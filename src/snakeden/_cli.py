@@ -1,4 +1,4 @@
-"""The ``snakeden`` command line: ``demo``, ``bench``, ``worker``."""
+"""The ``snakeden`` command line: ``demo``, ``bench``, ``worker``, ``map``, ``top``, ``stats``."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser(
         "worker", help="serve a worker module (python -m snakeden.worker)", add_help=False
     )
+    from snakeden import _jobs
+
+    _jobs.add_parser(sub)
     if args and args[0] == "bench":
         from snakeden._bench import main as bench_main
 
@@ -29,4 +32,6 @@ def main(argv: list[str] | None = None) -> int:
         from snakeden._demo import run_demo
 
         return run_demo(ns.size)
+    if ns.cmd == "map":
+        return _jobs.run(ns)
     return 2

@@ -24,7 +24,7 @@ Progress = bool | Callable[[int, int], object] | None
 class Tracker:
     """Counts finished items; thread-safe; does nothing after :meth:`close`."""
 
-    def __init__(self, total: int, sink: Callable[[int, int], object]) -> None:
+    def __init__(self, total: int | None, sink: Callable[[int, int | None], object]) -> None:
         self.total = total
         self.done = 0
         self._sink = sink
@@ -39,7 +39,7 @@ class Tracker:
             self.done += n
             done = self.done
             self._sink(done, self.total)
-        if done >= self.total:
+        if self.total is not None and done >= self.total:
             self.close()
 
     def close(self) -> None:
@@ -77,12 +77,13 @@ class Tracker:
             f.add_done_callback(advancer(n))
 
 
-def start(progress: Progress, total: int, description: str = "") -> Tracker | None:
-    """A tracker for ``progress``, or None when there is nothing to show."""
+def start(progress: Progress, total: int | None, description: str = "") -> Tracker | None:
+    """A tracker for ``progress``, or None when there is nothing to show. ``total`` None: not
+    known in advance (a stream); a bar then shows the count and rate, without an ETA."""
     if not progress:
         return None
     if callable(progress):
-        return Tracker(total, progress)
+        return Tracker(total, progress)  # type: ignore[arg-type]  # map always knows its total
     if not _is_terminal():
         return None  # quiet in logs and pipes
     try:
@@ -98,7 +99,7 @@ def _is_terminal() -> bool:
         return False
 
 
-def _rich_tracker(total: int, description: str) -> Tracker:
+def _rich_tracker(total: int | None, description: str) -> Tracker:
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -135,19 +136,22 @@ def _rich_tracker(total: int, description: str) -> Tracker:
     return tracker
 
 
-def _plain_tracker(total: int, description: str) -> Tracker:
+def _plain_tracker(total: int | None, description: str) -> Tracker:
     t0 = time.monotonic()
     label = description or "snakeden map"
     last = [0.0]
 
-    def show(done: int, total: int) -> None:
+    def show(done: int, total: int | None) -> None:
         now = time.monotonic()
-        if now - last[0] < 0.2 and done < total:
+        if now - last[0] < 0.2 and (total is None or done < total):
             return  # a terminal line ten times a second is plenty
         last[0] = now
         rate = done / max(now - t0, 1e-9)
-        eta = (total - done) / rate if rate else 0.0
-        sys.stderr.write(f"\r{label}: {done}/{total} {rate:,.1f}/s ETA {eta:,.0f}s ")
+        if total is None:
+            sys.stderr.write(f"\r{label}: {done} {rate:,.1f}/s ")
+        else:
+            eta = (total - done) / rate if rate else 0.0
+            sys.stderr.write(f"\r{label}: {done}/{total} {rate:,.1f}/s ETA {eta:,.0f}s ")
         sys.stderr.flush()
 
     tracker = Tracker(total, show)
