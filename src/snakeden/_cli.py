@@ -16,9 +16,6 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser(
         "worker", help="serve a worker module (python -m snakeden.worker)", add_help=False
     )
-    from snakeden import _jobs
-
-    _jobs.add_parser(sub)
     if args and args[0] == "bench":
         from snakeden._bench import main as bench_main
 
@@ -27,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
         from snakeden.worker import main as worker_main
 
         return worker_main(args[1:])
+    from snakeden import _jobs, _top
+
+    _jobs.add_parser(sub)
+    _top.add_parsers(sub)
     ns = parser.parse_args(args)
     if ns.cmd == "demo":
         from snakeden._demo import run_demo
@@ -34,4 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_demo(ns.size)
     if ns.cmd == "map":
         return _jobs.run(ns)
+    if ns.cmd == "top":
+        return _top.run_top(ns)
+    if ns.cmd == "stats":
+        return _top.run_stats(ns)
     return 2
