@@ -139,6 +139,7 @@ class Checkout:
                     w = self.idle.pop()  # most recently used: warm caches, and lets others idle
                     w.move(WState.BUSY)
                     w.inflight = 1
+                    w.leased_at = self.clock()  # for the live view: busy for how long
                     self.leased += 1
                     return w, False
                 if self.depth > 1:
@@ -201,6 +202,7 @@ class Checkout:
         with self.lock:
             if outcome is not None:
                 self.counters.count_call(outcome, wait, latency)
+                w.busy_time += latency  # utilisation = busy time over wall time (metrics)
                 w.calls += 1
                 w.last_used = self.clock()
             return self._settle(w)
@@ -228,6 +230,7 @@ class Checkout:
                 if waiter.alive():
                     waiter.worker = w
                     w.inflight += 1  # the lease passes straight to the waiter
+                    w.leased_at = self.clock()
                     self.leased += 1
                     act = Actions(wake=waiter)
                     break
@@ -349,6 +352,8 @@ class Checkout:
             if self.phase is Phase.CLOSING and not self.waiters:
                 return close_now, False
             self.counters.restarts += 1
+            by_cause = self.counters.restarts_by_cause
+            by_cause[w.cause.name.lower()] = by_cause.get(w.cause.name.lower(), 0) + 1
             return close_now, True
 
     def take_idle(self, w: WorkerHandle, *, stop: Cause | None = None) -> bool:
@@ -361,6 +366,7 @@ class Checkout:
             if stop is None:
                 w.move(WState.BUSY)
                 w.inflight = 1
+                w.leased_at, w.current_command = self.clock(), "(health check)"
                 self.leased += 1
             else:
                 w.move(WState.STOPPING, stop)

@@ -1,4 +1,4 @@
-"""The ``snakeden`` command line: ``demo``, ``bench``, ``worker``."""
+"""The ``snakeden`` command line: ``demo``, ``bench``, ``worker``, ``map``, ``top``, ``stats``."""
 
 from __future__ import annotations
 
@@ -24,9 +24,19 @@ def main(argv: list[str] | None = None) -> int:
         from snakeden.worker import main as worker_main
 
         return worker_main(args[1:])
+    from snakeden import _jobs, _top
+
+    _jobs.add_parser(sub)
+    _top.add_parsers(sub)
     ns = parser.parse_args(args)
     if ns.cmd == "demo":
         from snakeden._demo import run_demo
 
         return run_demo(ns.size)
+    if ns.cmd == "map":
+        return _jobs.run(ns)
+    if ns.cmd == "top":
+        return _top.run_top(ns)
+    if ns.cmd == "stats":
+        return _top.run_stats(ns)
     return 2

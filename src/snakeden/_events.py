@@ -50,8 +50,10 @@ class EventHub:
     def __init__(self, callback: Callable[[WorkerEvent], None] | None, clock: Callable[[], float]):
         self.callback = callback
         self.clock = clock
+        self.counts: dict[str, int] = {}  # events by kind since the pool started (metrics)
 
     def emit(self, kind: EventKind, w: WorkerHandle, t0: float | None, *, detail: str = "") -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + 1  # on the loop only: no lock needed
         if self.callback is None:
             return
         duration = time.perf_counter() - t0 if t0 is not None else None
@@ -60,6 +62,7 @@ class EventHub:
 
     def emit_plain(self, kind: EventKind, duration: float | None, detail: str) -> None:
         """An event about the pool rather than one worker (e.g. restart back-off)."""
+        self.counts[kind] = self.counts.get(kind, 0) + 1
         if self.callback is not None:
             self._deliver(WorkerEvent(kind, "", None, self.clock(), duration, detail))
 

@@ -101,6 +101,11 @@ class WorkerHandle:
         self.ready_at: float | None = None
         self.last_used = born
         self.calls = 0
+        # Observation only (metrics, the live view): seconds spent on calls, when the current
+        # lease began (pool clock), and the command the latest lease runs.
+        self.busy_time = 0.0
+        self.leased_at = 0.0
+        self.current_command = ""
         self.inflight = 0  # leases held (>1 only with pipelining)
         self.max_calls = max_calls
         self.retiring = False  # wants a replacement; serves on until it is warm

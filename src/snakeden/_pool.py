@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable
 from typing import Any, NoReturn, Unpack
 
-from snakeden import _commands
+from snakeden import _commands, _progress
 from snakeden._calls import Command
 from snakeden._channel import ChannelLost
 from snakeden._config import PoolOptions, make_config
@@ -146,6 +146,7 @@ class Pool:
         while True:
             w, waited = await core.checkout_async(cfg.queue_timeout)
             t1 = time.perf_counter()
+            w.current_command = name  # for the live view (snakeden top)
             channel = w.channel
             assert channel is not None
             ident = channel.next_id()
@@ -215,26 +216,40 @@ class Pool:
         chunksize: int = 1,
         timeout: float | None = _UNSET,
         star: bool = False,
+        progress: _progress.Progress = False,
     ) -> list[Any]:
         """``[cmd(x) for x in iterable]`` across the pool, results in input order.
 
         ``chunksize > 1`` sends items in batches (one frame per chunk), which pays off for small,
         fast items; below 1 is a ``ValueError``, as for ``ProcessPoolExecutor.map``. ``star=True``
         unpacks each item as the argument tuple. The first failure raises; the other calls still
-        run to completion.
+        run to completion. ``progress=True`` draws a progress bar on stderr when it is a
+        terminal; a callable gets ``(done, total)`` as items finish.
         """
         if chunksize < 1:
             raise ValueError(f"chunksize must be >= 1, not {chunksize!r}")
         # Refused once, here, rather than by every one of the calls.
         _commands.sendable(cmd, (), pickle=self.config.serializer == "pickle", batch=False)
         items = [tuple(x) if star else (x,) for x in iterable]
+        bar = _progress.start(progress, len(items)) if progress else None
         if chunksize == 1:
             coros = [self.call_with(cmd, a, None, timeout=timeout) for a in items]
-            return list(await asyncio.gather(*coros))
+            if bar is not None:
+                coros = bar.track(coros, [1] * len(coros))
+            try:
+                return list(await asyncio.gather(*coros))
+            finally:
+                if bar is not None:
+                    bar.close()
         chunks = [items[i : i + chunksize] for i in range(0, len(items), chunksize)]
-        parts = await asyncio.gather(
-            *(self.call_with(cmd, c, None, timeout=timeout, batch=True) for c in chunks)
-        )
+        coros = [self.call_with(cmd, c, None, timeout=timeout, batch=True) for c in chunks]
+        if bar is not None:
+            coros = bar.track(coros, [len(c) for c in chunks])
+        try:
+            parts = await asyncio.gather(*coros)
+        finally:
+            if bar is not None:
+                bar.close()
         return [r for part in parts for r in part]
 
     # --- introspection ------------------------------------------------------------------------

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass
 from typing import Literal, assert_never
+
+#: Upper bounds (seconds) of the cumulative histograms of call latency and checkout wait that
+#: metrics exporters read (``snakeden.metrics``). Fixed, so the release step is one bisect.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+)  # fmt: skip
 
 #: How a call ended, as the core counts it (``calls_ok``, ``calls_failed``, ...).
 Outcome = Literal["ok", "failed", "timeout", "crashed", "cancelled"]
@@ -78,9 +86,14 @@ class Counters:
         "calls_rejected",
         "calls_timed_out",
         "checkout_wait",
+        "latency_buckets",
+        "latency_sum",
         "recycled",
         "restarts",
+        "restarts_by_cause",
         "start_failures",
+        "wait_buckets",
+        "wait_sum",
     )
 
     def __init__(self, keep: int = 2048) -> None:
@@ -96,6 +109,13 @@ class Counters:
         self.start_failures = 0
         self.checkout_wait: deque[float] = deque(maxlen=keep)
         self.call_latency: deque[float] = deque(maxlen=keep)
+        # For metrics: per-bucket counts (the last one is +Inf) and sums since the pool
+        # started; the reservoirs above forget, a Prometheus histogram must not.
+        self.latency_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.wait_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+        self.wait_sum = 0.0
+        self.restarts_by_cause: dict[str, int] = {}  # Cause name (lower case) -> restarts
 
     def count_call(self, outcome: Outcome, wait: float, latency: float) -> None:
         """Count one finished call: its outcome, checkout wait and latency (seconds)."""
@@ -113,3 +133,7 @@ class Counters:
             assert_never(outcome)  # a new Outcome needs its counter
         self.checkout_wait.append(wait)
         self.call_latency.append(latency)
+        self.latency_buckets[bisect_left(LATENCY_BUCKETS, latency)] += 1
+        self.latency_sum += latency
+        self.wait_buckets[bisect_left(LATENCY_BUCKETS, wait)] += 1
+        self.wait_sum += wait

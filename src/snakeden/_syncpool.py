@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NoReturn, Unpack
 
-from snakeden import _commands
+from snakeden import _commands, _progress
 from snakeden._calls import Command
 from snakeden._channel import ChannelLost
 from snakeden._config import PoolOptions, make_config
@@ -172,6 +172,7 @@ class SyncPool(cf.Executor):
                 cfg.queue_timeout if queue_timeout is _UNSET else queue_timeout
             )
             t1 = time.perf_counter()
+            w.current_command = name  # for the live view (snakeden top)
             channel = w.channel
             assert channel is not None
             ident = channel.next_id()
@@ -274,28 +275,43 @@ class SyncPool(cf.Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        progress: _progress.Progress = False,
     ) -> Iterator[Any]:
         """Like ``Executor.map``; ``chunksize > 1`` sends batches (one frame per chunk), below 1
-        is a ``ValueError``, as for ``ProcessPoolExecutor.map``."""
+        is a ``ValueError``, as for ``ProcessPoolExecutor.map``. ``progress=True`` draws a
+        progress bar on stderr when it is a terminal; a callable gets ``(done, total)``."""
         if chunksize < 1:
             raise ValueError(f"chunksize must be >= 1, not {chunksize!r}")
-        if chunksize == 1:
+        if chunksize == 1 and not progress:
             return super().map(fn, *iterables, timeout=timeout)  # type: ignore[arg-type]
         items = list(zip(*iterables, strict=False))
-        futs = [
-            self._submit(fn, tuple(items[i : i + chunksize]), {}, batch=True)
-            for i in range(0, len(items), chunksize)
-        ]
+        if chunksize == 1:
+            futs = [self._submit(fn, args, {}, batch=False) for args in items]
+        else:
+            futs = [
+                self._submit(fn, tuple(items[i : i + chunksize]), {}, batch=True)
+                for i in range(0, len(items), chunksize)
+            ]
+        bar = _progress.start(progress, len(items))
+        if bar is not None:
+            bar.watch(
+                futs, [min(chunksize, len(items) - i) for i in range(0, len(items), chunksize)]
+            )
         end = None if timeout is None else time.monotonic() + timeout
 
         def results() -> Iterator[Any]:
             try:
                 for f in futs:
                     left = None if end is None else end - time.monotonic()
-                    yield from f.result(left)
+                    if chunksize == 1:
+                        yield f.result(left)
+                    else:
+                        yield from f.result(left)
             finally:
                 for f in futs:
                     f.cancel()
+                if bar is not None:
+                    bar.close()
 
         return results()
 
