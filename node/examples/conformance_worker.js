@@ -22,6 +22,7 @@ module.exports = {
     process.stderr.write(`${text}\n`);
     return text;
   },
+  blob(n) { return Buffer.alloc(n); },
   // Process-level faults, for the pool's crash matrix against a Node worker.
   crash(how) {
     if (how === "sigkill") process.kill(process.pid, "SIGKILL");
