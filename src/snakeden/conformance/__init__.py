@@ -149,8 +149,9 @@ class Session:
             os.close(self.wfd)
             self.wfd = -1
 
-    def recv(self, timeout: float = TIMEOUT, what: str = "a frame") -> Frame:
+    def recv(self, timeout: float | None = None, what: str = "a frame") -> Frame:
         """The next frame; CaseFailed on timeout or end of file, saying what was seen."""
+        timeout = TIMEOUT if timeout is None else timeout
         deadline = time.monotonic() + timeout
         while not self.pending:
             left = deadline - time.monotonic()
@@ -183,7 +184,8 @@ class Session:
             return self.recv(timeout)
         return None
 
-    def wait_exit(self, timeout: float = TIMEOUT) -> int:
+    def wait_exit(self, timeout: float | None = None) -> int:
+        timeout = TIMEOUT if timeout is None else timeout
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -524,18 +526,31 @@ def format_report(argv: Sequence[str], results: list[CaseResult]) -> str:
 
 
 def main(args: Sequence[str] | None = None) -> int:
+    import argparse
     import sys
 
+    global TIMEOUT
     argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] == "--":
-        argv = argv[1:]
-    if not argv or argv[0] in ("-h", "--help"):
-        print(
-            "usage: python -m snakeden.conformance -- <worker argv...>\n"
-            "Runs the worker program through the snakeden protocol; it must serve echo, add, "
-            "fail, sleep, shout and blob (docs/protocol.md §11). Exit status 1 on any failure."
-        )
-        return 2 if not argv else 0
-    results = run_kit(argv, on_result=lambda r: print(format_report([], [r]).splitlines()[1]))
-    print(format_report(argv, results).splitlines()[-1])
+    ours, worker = (
+        (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else ([], argv)
+    )
+    parser = argparse.ArgumentParser(
+        prog="snakeden conformance",
+        usage="%(prog)s [--timeout S] -- <worker argv...>",
+        description=(
+            "Run a worker program through the snakeden protocol, case by case. It must serve "
+            "echo, add, fail, sleep, shout and blob (docs/protocol.md §11). Exit status 1 on "
+            "any failure."
+        ),
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=TIMEOUT, help="seconds to wait for each expected frame"
+    )
+    ns = parser.parse_args(ours)
+    if not worker:
+        parser.print_usage()
+        return 2
+    TIMEOUT = ns.timeout
+    results = run_kit(worker, on_result=lambda r: print(format_report([], [r]).splitlines()[1]))
+    print(format_report(worker, results).splitlines()[-1])
     return 1 if any(not r.ok for r in results) else 0
