@@ -80,6 +80,7 @@ def test_the_cli_reports_and_exits_non_zero() -> None:
             "--",
             *_broken("wrong_id"),
         ],
+        check=False,
         capture_output=True,
         text=True,
         cwd=ROOT,
