@@ -1,7 +1,8 @@
 # Two entry points, both self-contained on a fresh machine (Python 3.11+, make, a C compiler):
 #   make demo   - create/reuse .venv, install snakeden (its runtime dependencies only), run the demo
 #   make test   - create/reuse .venv, install snakeden[test,bench], run lint, types and the whole
-#                 test suite (the benchmark smoke tests need the bench extras)
+#                 test suite (the benchmark smoke tests need the bench extras); where `node` is
+#                 installed, also `npm ci` and the Node runtime's tests in node/ (skipped without)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,7 +11,7 @@ SUM := $(shell cksum < pyproject.toml | cut -d' ' -f1)
 RUN_STAMP := $(VENV)/.installed-run-$(SUM)
 DEV_STAMP := $(VENV)/.installed-dev-$(SUM)
 
-.PHONY: demo test lint bench bench-short clean
+.PHONY: demo test lint node bench bench-short clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +34,16 @@ lint: $(DEV_STAMP)
 	$(BIN)/ruff format --check src tests benchmarks examples
 	$(BIN)/mypy
 
-test: lint
+# The Node.js worker runtime: its own tests, and node_modules for the Python tests that run Node
+# workers (they skip themselves without it). package-lock.json pins what `npm ci` installs.
+node:
+	@if command -v node >/dev/null 2>&1; then \
+		cd node && npm ci --no-audit --no-fund --loglevel=error && npm test; \
+	else \
+		echo "node not found: skipping the Node.js worker runtime and its tests"; \
+	fi
+
+test: lint node
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: $(DEV_STAMP)
@@ -43,4 +53,4 @@ bench-short: $(DEV_STAMP)
 	$(BIN)/python -m snakeden bench --short
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) build *.egg-info src/*.egg-info node/node_modules

@@ -1,4 +1,5 @@
-"""The ``snakeden`` command line: ``demo``, ``bench``, ``worker``, ``map``, ``top``, ``stats``."""
+"""The ``snakeden`` command line: ``demo``, ``bench``, ``worker``, ``map``, ``top``, ``stats``,
+``conformance``."""
 
 from __future__ import annotations
 
@@ -16,6 +17,15 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser(
         "worker", help="serve a worker module (python -m snakeden.worker)", add_help=False
     )
+    sub.add_parser(
+        "conformance",
+        help="check a worker program against the protocol: snakeden conformance -- <argv>",
+        add_help=False,
+    )
+    if args and args[0] == "conformance":
+        from snakeden.conformance import main as conformance_main
+
+        return conformance_main(args[1:])
     if args and args[0] == "bench":
         from snakeden._bench import main as bench_main
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict, get_args
 
@@ -34,6 +34,13 @@ class PoolOptions(TypedDict, total=False):
     * ``preload`` (default ``()``): modules the fork template imports once (e.g. ``["numpy"]``).
     * ``python`` (default: this interpreter): another interpreter or venv (``"auto"`` then
       spawns).
+    * ``command`` (default: none): start each worker from this argv instead of a Python
+      interpreter: any program that speaks the worker protocol (``docs/protocol.md``), e.g.
+      ``["node", "node/bin/snakeden-worker.js", "worker.js"]``. A ``target``, if given, is
+      appended as the last argument (so one command serves several worker modules). The
+      program gets ``env`` and ``cwd`` and every guarantee a Python worker gets (handshake,
+      crash isolation, timeouts, health pings, recycling, no orphans); ``start_method``
+      must stay ``"auto"`` (or ``"spawn"``), and ``python`` and ``preload`` do not apply.
     * ``min_ready`` (default: ``size``): start returns once this many workers are ready
       (``wait_ready()`` waits for the rest).
     * ``start_timeout`` (default 60 s): how long a worker (or the template) may take to say hello.
@@ -85,6 +92,7 @@ class PoolOptions(TypedDict, total=False):
     start_method: StartMethod
     preload: Iterable[str]
     python: str | None
+    command: Sequence[str] | None
     serializer: SerializerName
     max_queue: int
     queue_timeout: float | None
@@ -126,6 +134,7 @@ class PoolConfig:
     start_method: StartMethod = "auto"
     preload: tuple[str, ...] = ()
     python: str | None = None
+    command: tuple[str, ...] | None = None
     serializer: SerializerName = "msgpack"
     max_queue: int = 100_000
     queue_timeout: float | None = None
@@ -176,6 +185,13 @@ class PoolConfig:
                 raise ValueError("shm_threshold works with the msgpack serializer only")
             if not _shm.available():
                 raise ValueError("shm_threshold needs a writable /dev/shm")
+        if self.command is not None:
+            if not self.command or not all(isinstance(a, str) for a in self.command):
+                raise ValueError("command must be a non-empty argv: a list of strings")
+            if self.start_method == "fork":
+                raise ValueError("command workers are spawned: start_method='fork' cannot apply")
+            if self.python is not None or self.preload:
+                raise ValueError("python and preload are for Python workers; command replaces them")
         if self.min_ready is not None and not 1 <= self.min_ready <= self.min_size:
             raise ValueError(f"min_ready must be between 1 and size ({self.min_size})")
 
@@ -210,6 +226,14 @@ def make_config(target: str | None, options: Mapping[str, object]) -> PoolConfig
             # tuple("numpy") would import "n", "u", ...: a list of names is meant.
             raise TypeError(f"preload takes a list of module names, not {kwargs['preload']!r}")
         kwargs["preload"] = tuple(kwargs["preload"])
+    if kwargs.get("command") is not None:
+        if isinstance(kwargs["command"], str):
+            # tuple("node w.js") would be one argument per character: an argv is meant.
+            raise TypeError(
+                f"command takes an argv (a list of strings), not {kwargs['command']!r}; "
+                f"e.g. shlex.split() it"
+            )
+        kwargs["command"] = tuple(kwargs["command"])
     if "env" in kwargs:
         kwargs["env"] = dict(kwargs["env"] or {})
     return PoolConfig(target=target, **kwargs)

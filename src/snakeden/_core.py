@@ -48,7 +48,7 @@ from snakeden._errors import (
 from snakeden._events import EventHub
 from snakeden._handle import Cause, WorkerHandle
 from snakeden._output import tail_text
-from snakeden._process import Launcher, SpawnLauncher
+from snakeden._process import CommandLauncher, Launcher, SpawnLauncher
 from snakeden._protocol import Frame, ProtocolViolation
 from snakeden._reaper import RunRecord, reap_leftovers
 from snakeden._stats import Outcome, PoolStats
@@ -382,7 +382,10 @@ def _is_violation(lost: ChannelLost) -> bool:
 
 
 def make_launcher(config: PoolConfig, run_tag: str, env: dict[str, str]) -> Launcher:
-    """The launcher for ``start_method``: ``auto`` forks from a template where it can."""
+    """The launcher for ``start_method``: ``auto`` forks from a template where it can; a
+    ``command`` (any program speaking the protocol) is always spawned from its argv."""
+    if config.command is not None:
+        return CommandLauncher(config.command)
     method = config.start_method
     if method == "auto":
         same_python = config.python is None or os.path.realpath(config.python) == os.path.realpath(

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.machinery import PathFinder
 from typing import Protocol
 
@@ -360,6 +360,74 @@ class SpawnLauncher:
             raise WorkerStartError(
                 f"cannot start worker {spec.worker_id} with interpreter {spec.python!r}: {exc}. "
                 f"Check the path (python=...) and that it has snakeden installed",
+                {spec.worker_id: str(exc)},
+            ) from exc
+        wp = WorkerProcess(
+            proc.pid, read_fd=host_r, write_fd=host_w, stdout_fd=out_r, stderr_fd=err_r
+        )
+        self._watcher.watch(proc, wp)
+        return wp
+
+    async def close(self) -> None:
+        return None
+
+    def pids(self) -> Sequence[int]:
+        return ()
+
+
+_NODE_MISSING_MODULE = re.compile(r"Error: Cannot find module '([^']+)'")
+
+
+class CommandLauncher:
+    """Any program as a worker: the pool option ``command`` (an argv), plus ``target`` as its
+    last argument when one is given.
+
+    The program gets what a Python worker gets (``worker_env``: the channel fds, its id, the
+    host pid, the run tag; its own process group; stdout/stderr to the host's logging) and must
+    speak ``docs/protocol.md``. No ``--snakeden-run=`` argument is appended, since an arbitrary
+    program may refuse unknown arguments; the run tag in its environment is what the reaper and
+    the watcher look for.
+    """
+
+    name = "command"
+    runs_python = False
+
+    def __init__(self, argv: Sequence[str]) -> None:
+        self.argv = list(argv)
+        self._watcher: PidfdWatcher | None = None
+
+    def diagnose(self, stderr_lines: Sequence[str]) -> str | None:
+        text = "\n".join(stderr_lines)
+        missing = _NODE_MISSING_MODULE.search(text)
+        if missing:
+            return (
+                f"node cannot find the module {missing.group(1)!r}; check the paths in "
+                f"command={self.argv!r} (relative ones are taken from the worker's cwd)"
+            )
+        return None
+
+    async def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._watcher = PidfdWatcher(loop)
+
+    def argv_for(self, spec: LaunchSpec) -> list[str]:
+        return [*self.argv, spec.target] if spec.target else list(self.argv)
+
+    async def launch(self, spec: LaunchSpec) -> WorkerProcess:
+        assert self._watcher is not None, "launcher not started"
+        host_r, worker_w, worker_r, host_w = make_pipes()
+        argv = self.argv_for(spec)
+        # The target is the program's argument, not a Python module: no import-origin lookup.
+        env = worker_env(replace(spec, target=None), worker_r, worker_w, os.getpid())
+        try:
+            proc, out_r, err_r = start_child(
+                argv, env=env, cwd=spec.cwd, child_fds=(worker_r, worker_w)
+            )
+        except OSError as exc:
+            os.close(host_r)
+            os.close(host_w)
+            raise WorkerStartError(
+                f"cannot start worker {spec.worker_id} with command {argv!r}: {exc}. Check that "
+                f"the program exists and is executable (command=...; cwd={spec.cwd!r})",
                 {spec.worker_id: str(exc)},
             ) from exc
         wp = WorkerProcess(

@@ -231,7 +231,9 @@ class Supervisor:
             raise WorkerStartError(
                 f"worker {w.id} (pid {proc.pid}) did not say hello within "
                 f"{self.config.start_timeout}s; its module may be slow to import (raise "
-                f"start_timeout) or stuck" + tail_text(w.stderr_tail(20)),
+                f"start_timeout) or stuck, or not a snakeden worker at all"
+                + tail_text(w.stderr_tail(20))
+                + _stdout_text(w),
                 {w.id: "start timeout"},
             ) from None
         except ChannelLost as lost:
@@ -240,8 +242,16 @@ class Supervisor:
             # The launcher knows what its runtime's death looks like (e.g. no snakeden in that
             # interpreter): its diagnosis beats an exit code.
             cause = self.launcher.diagnose(tail) or describe_exit(proc.returncode)
+            if lost.cause is not None:
+                # It wrote, but not frames: a program that is not a snakeden worker.
+                cause = (
+                    f"it wrote bytes on its channel that are not snakeden frames ({lost.cause}); "
+                    f"is it a snakeden worker?"
+                )
             raise WorkerStartError(
-                f"worker {w.id} (pid {proc.pid}) died during start-up: {cause}" + tail_text(tail),
+                f"worker {w.id} (pid {proc.pid}) died during start-up: {cause}"
+                + tail_text(tail)
+                + _stdout_text(w),
                 {w.id: cause + tail_text(tail)},
             ) from lost
         self._check_hello(w, frame)
@@ -259,7 +269,14 @@ class Supervisor:
             channel.detach()
 
     def _check_hello(self, w: WorkerHandle, frame: Frame) -> None:
-        body = decode_body(frame)
+        try:
+            body = decode_body(frame) if not frame.flags else None
+        except Exception as exc:
+            raise WorkerStartError(
+                f"worker {w.id} (pid {w.pid}) sent a first frame whose body is not MessagePack "
+                f"({exc}); is it a snakeden worker?" + tail_text(w.stderr_tail(20)),
+                {w.id: "bad handshake"},
+            ) from None
         if frame.kind == Kind.ERROR and isinstance(body, dict):
             tb = str(body.get("traceback") or body.get("message"))
             raise WorkerStartError(
@@ -269,7 +286,8 @@ class Supervisor:
             )
         if frame.kind != Kind.HELLO or not isinstance(body, dict):
             raise WorkerStartError(
-                f"worker {w.id} sent {frame.kind} instead of HELLO; is it a snakeden worker?",
+                f"worker {w.id} (pid {w.pid}) sent a frame of kind {frame.kind} (flags "
+                f"{frame.flags}) instead of HELLO; is it a snakeden worker?",
                 {w.id: "bad handshake"},
             )
         version = body.get("protocol")
@@ -499,6 +517,13 @@ class Supervisor:
         await asyncio.gather(*(self.stop_worker(w) for w in workers), return_exceptions=True)
         for w in workers:
             await self.wait_gone(w, 5.0)
+
+
+def _stdout_text(w: WorkerHandle) -> str:
+    """A start-up error's last stdout lines: a program that is not a worker often says why
+    there (or prints what it prints instead of a HELLO)."""
+    lines = list(w.stdout.lines)[-10:] if w.stdout is not None else []
+    return ("\nlast stdout lines:\n  " + "\n  ".join(lines)) if lines else ""
 
 
 def _uss(pid: int) -> int | None:

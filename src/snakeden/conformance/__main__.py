@@ -1,0 +1,5 @@
+import sys
+
+from snakeden.conformance import main
+
+sys.exit(main())
