@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import resource
 import select
 import signal
 import subprocess
@@ -51,6 +52,9 @@ class Worker:
         )
         # A file, not a pipe: nobody has to drain it for the worker to make progress.
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close(), like the fds
+        # Linux carries the parent's peak RSS across fork and exec into the child's: a worker's
+        # own peak shows only where it rises above this.
+        self.inherited_maxrss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "snakeden.worker", target, f"--snakeden-run={RUN_TAG}"],
@@ -82,6 +86,11 @@ class Worker:
             self.close()
             raise AssertionError(f"worker did not say HELLO: {hello!r}\n{output}")
         self.hello: dict[str, Any] = decode_body(hello)
+
+    def own_peak_below(self, kib: int) -> bool:
+        """Whether the worker's own peak RSS stayed under ``kib`` (a bound above what it
+        inherited, which is all its wait4 peak shows when it used less)."""
+        return self.maxrss_kib < max(kib, self.inherited_maxrss_kib + 16 * 1024)
 
     # --- reading ------------------------------------------------------------------------------
 
