@@ -644,6 +644,9 @@ async def _settle(
                 report.violate(f"after the storm, echo returned {got}")
         except Exception as exc:
             report.violate(f"after the storm, a plain call failed: {_describe(exc)}")
+        # Recycling may still be under way (a worker found over max_memory by those calls is
+        # replaced now): judge the pool once it has settled, or as it is after the bound.
+        await _settled(front, size, bound)
         report.violations.extend(pool_violations(front.p, quiescent=True, size=size))
     s = front.stats()
     report.redispatched = getattr(s, "calls_redispatched", None)
@@ -1202,6 +1205,17 @@ async def memory_storm(
     await _settle(report, fr, log, size, bound=bound / 2)
     report.elapsed = time.monotonic() - t0
     return report
+
+
+async def _settled(front: Any, size: int, bound: float) -> None:
+    """Until no worker is starting or stopping and ``size`` serve: a bounded look at the pool's
+    own state, which has no event for "nothing more to do"."""
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        s = front.stats()
+        if s.workers == size and not s.starting and not s.stopping and not s.in_flight:
+            return
+        await asyncio.sleep(0.01)  # the poll's period
 
 
 def _future_outcome(
