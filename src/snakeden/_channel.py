@@ -56,6 +56,10 @@ class ChannelLost(Exception):
         return ChannelLost(self.cause, unsent=unsent)
 
 
+def ident_begun(slot: memoryview) -> int:
+    return int(slot[0])
+
+
 def _unread(fd: int) -> int:
     """Bytes written to the pipe ``fd`` and not yet read by the other end (0 if unknown)."""
     try:
@@ -71,6 +75,9 @@ class Channel:
         self.decoder = FrameDecoder(max_frame_size)
         self.max_frame_size = max_frame_size
         self.lost: ChannelLost | None = None
+        # Where the worker notes the id of each call as it begins it (a Python worker's shared
+        # slot, see _shm.begun_path): exact where the pipe only says what was read.
+        self.begun: memoryview | None = None
         self._next_id = 0
         self._pending: dict[int, asyncio.Future[Frame]] = {}
         self._unclaimed: dict[int, Frame] = {}
@@ -223,10 +230,13 @@ class Channel:
             self._loop.remove_writer(self.write_fd)
         self._wbuf.clear()
         consumed = self._written - _unread(self.write_fd)
+        never = self._ends.get(ident_begun(self.begun), -1) if self.begun is not None else None
         pending, self._pending = self._pending, {}
         for ident, fut in pending.items():
             if not fut.done():
-                unsent = self._ends.get(ident, self._queued + 1) > consumed
+                end = self._ends.get(ident, self._queued + 1)
+                # Not read whole, or (where the worker notes it) after the call it last began.
+                unsent = end > consumed or (never is not None and end > never)
                 fut.set_exception(self.lost.for_request(unsent))
         if self._on_lost is not None:
             self._on_lost(self.lost)
@@ -291,8 +301,11 @@ class Channel:
                 raise self._lost_blocking(exc, unsent=False) from None
             if not n:
                 # The request was the last thing written: while any of it is still unread, the
-                # worker never had it whole.
-                raise self._lost_blocking(None, unsent=_unread(self.write_fd) > 0)
+                # worker never had it whole; and a worker that notes what it begins says so.
+                unsent = _unread(self.write_fd) > 0 or (
+                    self.begun is not None and self.begun[0] != ident
+                )
+                raise self._lost_blocking(None, unsent=unsent)
             try:
                 frames = self.decoder.feed(self._rview[:n])
             except ProtocolViolation as exc:

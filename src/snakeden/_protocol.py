@@ -305,9 +305,15 @@ def decode_body(frame: Frame, ext_hook: Any = None) -> Any:
 
 
 def hello_body(
-    *, pid: int, runtime: str, commands: list[str], worker_id: str, codecs: list[str]
+    *,
+    pid: int,
+    runtime: str,
+    commands: list[str],
+    worker_id: str,
+    codecs: list[str],
+    begun_slot: bool = False,
 ) -> dict[str, Any]:
-    return {
+    body = {
         "protocol": PROTOCOL_VERSION,
         "runtime": runtime,
         "pid": pid,
@@ -315,6 +321,9 @@ def hello_body(
         "worker_id": worker_id,
         "codecs": codecs,
     }
+    if begun_slot:
+        body["begun_slot"] = True  # it notes each call's id in the host's slot as it begins
+    return body
 
 
 #: Error ``kind`` values in an ERROR body (see docs/protocol.md).

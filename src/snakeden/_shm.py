@@ -98,3 +98,32 @@ def remove_leftovers(run_tag: str) -> int:
                 path.unlink()
                 removed += 1
     return removed
+
+
+# --- the "begun" slot: which call a worker last began ------------------------------------------
+#
+# A worker killed while idle can still take a call's bytes from the pipe in its last instant: the
+# kernel finishes a read that was pending when SIGKILL arrived. So "the worker read it" does not
+# mean "the worker ran it". Before it runs a call, a Python worker stores the call's id in a
+# four-byte slot it shares with the host; after a death the host knows exactly which call was
+# begun, and sends the others to another worker.
+
+
+def begun_path(run_tag: str, worker_id: str) -> pathlib.Path:
+    return SHM_DIR / f"{_prefix(run_tag)}{worker_id}.begun"
+
+
+def map_slot(path: pathlib.Path | str, *, create: bool) -> memoryview | None:
+    """A four-byte shared slot, as one unsigned int; None where shared memory is unavailable."""
+    try:
+        fd = os.open(path, (os.O_RDWR | os.O_CREAT | os.O_EXCL) if create else os.O_RDWR, 0o600)
+    except OSError:
+        return None
+    try:
+        if create:
+            os.ftruncate(fd, 4)
+        return memoryview(mmap.mmap(fd, 4)).cast("I")
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)

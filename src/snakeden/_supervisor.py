@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from snakeden import _shm
 from snakeden._channel import Channel, ChannelLost
 from snakeden._checkout import Actions, Checkout, Phase
 from snakeden._config import PoolConfig
@@ -207,6 +208,16 @@ class Supervisor:
         return w
 
     async def _launch_and_handshake(self, w: WorkerHandle) -> None:
+        begun = _shm.begun_path(self.record.run_tag, w.id)
+        slot = _shm.map_slot(begun, create=True)
+        try:
+            await self._launch_and_handshake_with(w, slot)
+        finally:
+            # Both sides have it mapped by the HELLO (or never will): no file to leave behind.
+            with contextlib.suppress(OSError):
+                begun.unlink()
+
+    async def _launch_and_handshake_with(self, w: WorkerHandle, slot: memoryview | None) -> None:
         proc = await self.launcher.launch(self.spec(w.id))  # WorkerStartError: no interpreter
         w.proc = proc
         self.record.add(proc.pid)
@@ -255,6 +266,8 @@ class Supervisor:
                 {w.id: cause + tail_text(tail)},
             ) from lost
         self._check_hello(w, frame)
+        if slot is not None and decode_body(frame).get("begun_slot"):
+            channel.begun = slot  # only a worker that says it notes its calls there
         if not w.commands and self.config.target and not self._warned_no_commands:
             self._warned_no_commands = True  # once per pool, not once per worker
             if self.launcher.runs_python:

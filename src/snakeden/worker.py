@@ -105,6 +105,13 @@ class _Server:
         threshold = os.environ.get("SNAKEDEN_SHM_THRESHOLD")
         self.shm_threshold = int(threshold) if threshold else None
         self.run_tag = os.environ.get("SNAKEDEN_RUN_TAG", "")
+        worker_id = os.environ.get("SNAKEDEN_WORKER_ID", "")
+        # The host's record of which call this worker began (see _shm.begun_path).
+        self.begun = (
+            _shm.map_slot(_shm.begun_path(self.run_tag, worker_id), create=False)
+            if self.run_tag and worker_id
+            else None
+        )
 
     def send(self, kind: int, ident: int, body: bytes, flags: int = 0) -> None:
         write_all(self.wfd, encode_header(kind, ident, len(body), flags), body)
@@ -141,6 +148,8 @@ class _Server:
                 return EXIT_PROTOCOL_ERROR
             for frame in frames:
                 if frame.kind == Kind.CALL:
+                    if self.begun is not None:
+                        self.begun[0] = frame.id  # before anything of the call can happen
                     self.handle_call(frame)
                 elif frame.kind == Kind.PING:
                     pong = {"pid": os.getpid(), "calls": self.calls}
@@ -459,6 +468,7 @@ def serve(
         commands=sorted(commands),
         worker_id=worker_id,
         codecs=["msgpack", "pickle"],
+        begun_slot=server.begun is not None,
     )
     try:
         server.send(Kind.HELLO, 0, encode_body(hello))

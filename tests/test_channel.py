@@ -1,0 +1,110 @@
+"""The channel's verdict on a lost request: could the worker have run it? Real pipes, no process:
+the test plays the worker's end itself, so each case is exact."""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import os
+
+import pytest
+
+from snakeden._channel import Channel, ChannelLost
+from snakeden._protocol import Kind, encode_frame
+
+
+def _pair() -> tuple[Channel, int, int]:
+    """A host channel and the worker's ends (read requests, write replies)."""
+    w2h_r, w2h_w = os.pipe()
+    h2w_r, h2w_w = os.pipe()
+    return Channel(w2h_r, h2w_w, 1 << 20), h2w_r, w2h_w
+
+
+def _slot(value: int) -> memoryview:
+    return memoryview(array.array("I", [value])).cast("B").cast("I")
+
+
+@pytest.mark.parametrize(
+    ("worker_reads", "begun", "unsent"),
+    [
+        (False, None, True),  # still in the pipe: never read whole
+        (True, None, False),  # read, and no slot to say more: it may have run
+        (True, 0, True),  # read in its last instant, but never begun: the slot says so
+        (True, "ident", False),  # begun: it may have run
+    ],
+)
+def test_async_verdict_after_the_worker_dies(
+    worker_reads: bool, begun: object, unsent: bool
+) -> None:
+    async def body() -> None:
+        channel, wr, ww = _pair()
+        channel.attach(asyncio.get_running_loop(), lambda lost: None)
+        ident = channel.next_id()
+        if begun is not None:
+            channel.begun = _slot(ident if begun == "ident" else 0)
+        fut = channel.expect(ident)
+        channel.send(encode_frame(Kind.CALL, ident, b"\x93\xa4echo\x90\x80"), ident)
+        if worker_reads:
+            assert os.read(wr, 1 << 16)
+        os.close(wr)
+        os.close(ww)  # the worker is gone: end of file on the reply pipe
+        with pytest.raises(ChannelLost) as info:
+            await asyncio.wait_for(fut, 30)
+        assert info.value.unsent is unsent
+        channel.close()
+        os.close(channel.read_fd)
+        os.close(channel.write_fd)
+
+    asyncio.run(body())
+
+
+@pytest.mark.parametrize(
+    ("worker_reads", "begun", "unsent"),
+    [(False, None, True), (True, None, False), (True, 0, True), (True, "ident", False)],
+)
+def test_blocking_verdict_after_the_worker_dies(
+    worker_reads: bool, begun: object, unsent: bool
+) -> None:
+    channel, wr, ww = _pair()
+    ident = channel.next_id()
+    if begun is not None:
+        channel.begun = _slot(ident if begun == "ident" else 0)
+    data = encode_frame(Kind.CALL, ident, b"\x93\xa4echo\x90\x80")
+    channel.write_blocking(data, None)
+    if worker_reads:
+        assert os.read(wr, 1 << 16) == data
+    os.close(wr)
+    os.close(ww)
+    with pytest.raises(ChannelLost) as info:
+        channel.read_reply_blocking(ident, None)
+    assert info.value.unsent is unsent
+    os.close(channel.read_fd)
+    os.close(channel.write_fd)
+
+
+def test_pipelined_calls_after_the_one_begun_never_ran() -> None:
+    async def body() -> None:
+        channel, wr, ww = _pair()
+        channel.attach(asyncio.get_running_loop(), lambda lost: None)
+        ids = [channel.next_id() for _ in range(3)]
+        futs = [channel.expect(i) for i in ids]
+        for i in ids:
+            channel.send(encode_frame(Kind.CALL, i, b"\x93\xa4echo\x90\x80"), i)
+        channel.begun = _slot(ids[1])
+        await asyncio.sleep(0)  # pipelined sends go out together, at the loop's next turn
+        assert len(os.read(wr, 1 << 16)) == 3 * len(
+            encode_frame(Kind.CALL, 1, b"\x93\xa4echo\x90\x80")
+        )
+        os.close(wr)
+        os.close(ww)
+        verdicts = []
+        for f in futs:
+            with pytest.raises(ChannelLost) as info:
+                await asyncio.wait_for(f, 30)
+            verdicts.append(info.value.unsent)
+        assert verdicts == [False, False, True]
+        channel.close()
+        os.close(channel.read_fd)
+        os.close(channel.write_fd)
+
+    asyncio.run(body())
