@@ -15,6 +15,11 @@ RUNTIME: Final = NODE_DIR / "bin" / "snakeden-worker.js"
 WORKER_MODULE: Final = Path(__file__).with_name("workers_node.js")
 
 
+def node_missing() -> str | None:
+    """The Node floor's check: it needs ``node`` only."""
+    return "node not found on PATH" if shutil.which("node") is None else None
+
+
 def unavailable() -> str | None:
     """Why the Node worker cannot be measured here, or None if it can."""
     if shutil.which("node") is None:

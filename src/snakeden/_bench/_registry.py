@@ -63,6 +63,15 @@ CONTENDERS: tuple[Contender, ...] = (
         why_not="a raw pipe has no pool to recover or time out",
     ),
     Contender(
+        "floor-node",
+        "floor: Node.js pipe echo",
+        "floor",
+        _FAST,
+        runner="snakeden._bench._floor:run",
+        why_not="a raw pipe has no pool to recover or time out; Node cannot import numpy",
+        check="snakeden._bench._node:node_missing",
+    ),
+    Contender(
         "snakeden-async",
         "snakeden Pool (asyncio)",
         "snakeden",
