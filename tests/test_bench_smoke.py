@@ -6,12 +6,20 @@ from __future__ import annotations
 import json
 import pathlib
 
-from snakeden._bench import main
+from snakeden._bench import _node, main
 from snakeden._bench._common import SCENARIOS, Settings
-from snakeden._bench._report import metrics, scenario_title
+from snakeden._bench._report import TIMES, metrics, scenario_title
 from snakeden._bench._snakeden import unavailable as snakeden_unavailable
 
-CONTENDERS = ["floor-c", "floor-py", "snakeden-async", "snakeden-sync", "cf-process"]
+CONTENDERS = [
+    "floor-c",
+    "floor-py",
+    "floor-node",
+    "snakeden-async",
+    "snakeden-sync",
+    "snakeden-node",
+    "cf-process",
+]
 
 
 def test_tiny_run_writes_both_reports(tmp_path: pathlib.Path) -> None:
@@ -48,6 +56,15 @@ def test_tiny_run_writes_both_reports(tmp_path: pathlib.Path) -> None:
         for front in ("snakeden-async", "snakeden-sync"):
             entry = report["scenarios"][scenario]["contenders"][front]
             assert entry["status"] == expected, entry
+    # The Node contenders run where node (and node/node_modules) are, and are skipped elsewhere.
+    node_floor = "ok" if _node.node_missing() is None else "skipped"
+    node_worker = "ok" if expected == "ok" and _node.unavailable() is None else "skipped"
+    for scenario in ("latency", "throughput"):
+        contenders = report["scenarios"][scenario]["contenders"]
+        assert contenders["floor-node"]["status"] == node_floor, contenders["floor-node"]
+        assert contenders["snakeden-node"]["status"] == node_worker, contenders["snakeden-node"]
+    if node_worker == "ok":
+        assert f"{TIMES} Node floor" in md_path.read_text()
     if expected == "ok":
         (run,) = report["scenarios"]["throughput"]["contenders"]["snakeden-async"]["runs"]
         assert {"submit_calls_per_s", "map_calls_per_s"} <= set(run["samples"])

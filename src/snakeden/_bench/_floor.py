@@ -1,8 +1,8 @@
 """The floor: raw pipe echo of 4-byte big-endian length-prefixed frames between two processes.
 
-Two children: :mod:`floor_child` (Python, run as a script) and a C program compiled on the fly
-with the system compiler. No serialisation, no event loop, no bookkeeping: whatever a pool adds
-on top of this is its overhead.
+Three children: :mod:`floor_child` (Python, run as a script), a C program compiled on the fly
+with the system compiler, and ``floor_child.js`` (Node.js, the reference for the Node worker).
+No serialisation, no bookkeeping: whatever a pool adds on top of this is its overhead.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from snakeden._bench._common import (
 )
 
 CHILD_SCRIPT: Final = Path(__file__).with_name("floor_child.py")
+NODE_SCRIPT: Final = Path(__file__).with_name("floor_child.js")
 PIPE_SIZE: Final = 1 << 20
 F_SETPIPE_SZ: Final = 1031
 F_GETPIPE_SZ: Final = 1032
@@ -296,6 +297,13 @@ def run(contender: str, scenario: str, variant: str | None, s: Settings, ctx: Co
         command = [ctx.c_echo]
         if scenario in ("coldstart", "memory"):
             raise NotApplicable("a C process cannot import numpy")
+    elif contender == "floor-node":
+        node = shutil.which("node")
+        if node is None:
+            raise NotApplicable("node not found on PATH")
+        if scenario in ("coldstart", "memory"):
+            raise NotApplicable("a Node process cannot import numpy")
+        command = [node, str(NODE_SCRIPT)]
     else:
         command = [sys.executable, str(CHILD_SCRIPT)]
     out = Outcome()

@@ -212,7 +212,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     unavailable: dict[str, str] = {}
     sd_reason = snakeden_unavailable()
     for c in contenders:
-        reason = sd_reason if c.kind == "snakeden" else c.missing()
+        reason = (sd_reason if c.kind == "snakeden" else None) or c.missing()
         if reason:
             unavailable[c.id] = reason
             notes.append(f"{c.label} skipped: {reason}")

@@ -26,12 +26,17 @@ class Contender:
     requires: tuple[str, ...] = ()  # importable modules (checked without importing them)
     runner: str = ""  # "module:function", resolved in the measurement process
     why_not: str = ""  # shown for the scenarios it does not take part in
+    check: str = ""  # "module:function" returning why it cannot run here (or None)
 
     def missing(self) -> str | None:
-        """A note if a required module is absent, else None."""
+        """A note if a required module (or program) is absent, else None."""
         for name in self.requires:
             if importlib.util.find_spec(name) is None:
                 return f"`{name}` is not installed"
+        if self.check:
+            module, _, func = self.check.partition(":")
+            reason: str | None = getattr(importlib.import_module(module), func)()
+            return reason
         return None
 
     def resolve(self) -> Runner:
@@ -58,6 +63,15 @@ CONTENDERS: tuple[Contender, ...] = (
         why_not="a raw pipe has no pool to recover or time out",
     ),
     Contender(
+        "floor-node",
+        "floor: Node.js pipe echo",
+        "floor",
+        _FAST,
+        runner="snakeden._bench._floor:run",
+        why_not="a raw pipe has no pool to recover or time out; Node cannot import numpy",
+        check="snakeden._bench._node:node_missing",
+    ),
+    Contender(
         "snakeden-async",
         "snakeden Pool (asyncio)",
         "snakeden",
@@ -70,6 +84,15 @@ CONTENDERS: tuple[Contender, ...] = (
         "snakeden",
         _ALL,
         runner="snakeden._bench._snakeden:run_sync",
+    ),
+    Contender(
+        "snakeden-node",
+        "snakeden Pool (asyncio), Node.js worker",
+        "snakeden",
+        _FAST,
+        runner="snakeden._bench._snakeden:run_node",
+        why_not="measured on the call path only (its worker has no numpy, C sleep or kill probe)",
+        check="snakeden._bench._node:unavailable",
     ),
     Contender(
         "cf-process",

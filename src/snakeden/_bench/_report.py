@@ -95,7 +95,7 @@ def human_size(size: int) -> str:
 
 
 def metrics(s: Settings) -> list[Metric]:
-    floors = ("floor-c", "floor-py")
+    floors = ("floor-c", "floor-py", "floor-node")
     out = [
         Metric(
             "latency", "latency.median", "median", "µs", "lower", rep_median("call_s", 1e6), floors
@@ -344,12 +344,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         if scenario not in results:
             continue
         lines += [f"## {scenario_title(scenario, s)}", ""]
+        entries = results[scenario]["contenders"]
+        # The Node floor's column only where it took part (a run with Node workers).
+        node = entries.get("floor-node", {}).get("status") in ("ok", "partial")
         lines += [
             f"| contender | figure | value | {TIMES} C floor | {TIMES} Py floor "
-            f"| {TIMES} best peer |",
-            "|---|---|---:|---:|---:|---:|",
+            + (f"| {TIMES} Node floor " if node else "")
+            + f"| {TIMES} best peer |",
+            "|---|---|---:|---:|---:|---:|" + ("---:|" if node else ""),
         ]
-        entries = results[scenario]["contenders"]
         for metric in (m for m in metric_list if m.scenario == scenario):
             data = summary[metric.key]
             for contender in CONTENDERS:
@@ -363,7 +366,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                 lines.append(
                     f"| {contender.label}{best} | {metric.label} | {shown} | "
                     f"{_fmt_ratio(ratios.get('floor-c'))} | {_fmt_ratio(ratios.get('floor-py'))} "
-                    f"| {_fmt_ratio(ratios.get('best_peer'))} |"
+                    + (f"| {_fmt_ratio(ratios.get('floor-node'))} " if node else "")
+                    + f"| {_fmt_ratio(ratios.get('best_peer'))} |"
                 )
         lines.append("")
         notes = _scenario_notes(scenario, entries)

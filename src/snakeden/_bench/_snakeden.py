@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import contextlib
+import functools
 import os
 import signal
 import time
@@ -96,9 +97,34 @@ def run_async(
     return asyncio.run(_run_async(scenario, variant, s, ctx))
 
 
-def _pool(
-    size: int, preload: tuple[str, ...] = (), pipeline: int = 1, shm_threshold: int | None = None
+def run_node(
+    contender: str, scenario: str, variant: str | None, s: Settings, ctx: Context
+) -> Outcome:
+    """The asyncio front with Node.js workers (``command=``): same scenarios, other worker."""
+    from snakeden._bench import _node
+
+    reason = _node.unavailable()
+    if reason is not None:
+        raise NotApplicable(reason)
+    if scenario not in ("latency", "throughput", "payload"):
+        raise NotApplicable(f"the Node worker has no {scenario} scenario")
+    out = asyncio.run(_run_async(scenario, variant, s, ctx, _node.command()))
+    out.info["node"] = _node.version()
+    return out
+
+
+def _new_pool(
+    size: int,
+    preload: tuple[str, ...] = (),
+    pipeline: int = 1,
+    shm_threshold: int | None = None,
+    *,
+    command: list[str] | None = None,
 ) -> snakeden.Pool:
+    if command is not None:
+        if preload or shm_threshold is not None:
+            raise NotApplicable("a Node worker has no preload and no shared-memory path")
+        return snakeden.Pool(command=command, size=size, pipeline=pipeline)
     return snakeden.Pool(
         SNAKEDEN_MODULES[preload],
         size=size,
@@ -154,9 +180,16 @@ def _describe(task: asyncio.Future[Any]) -> str:
     return f"{type(exc).__module__}.{type(exc).__qualname__}"
 
 
-async def _run_async(scenario: str, variant: str | None, s: Settings, ctx: Context) -> Outcome:
+async def _run_async(
+    scenario: str, variant: str | None, s: Settings, ctx: Context, command: list[str] | None = None
+) -> Outcome:
+    """One scenario on asyncio pools of Python workers, or of ``command`` workers if given."""
     out = Outcome()
-    out.info["start_method"] = START_METHOD
+    _pool = functools.partial(_new_pool, command=command)
+    if command is None:
+        out.info["start_method"] = START_METHOD
+    else:
+        out.info["command"] = " ".join(command)
     if scenario == "latency":
         async with _pool(s.size) as pool, _described(pool, out):
             await _probe_all(pool, s.size, s.hold_s)  # every worker exists before pinning
@@ -203,6 +236,9 @@ async def _run_async(scenario: str, variant: str | None, s: Settings, ctx: Conte
                     await pool.call("echo", data)
                     out.add(f"rtt_s_{size}", time.perf_counter() - t0)
         shm_from = 1 << 20
+        if command is not None:
+            out.note("no shm rows: the Node runtime has no shared-memory path")
+            return out
         async with _pool(s.size, shm_threshold=shm_from) as pool:
             await _probe_all(pool, s.size, s.hold_s)
             for size, calls in s.payload:
