@@ -37,7 +37,14 @@ from snakeden._events import EventHub, EventKind
 from snakeden._handle import Cause, WorkerHandle
 from snakeden._output import OutputTail, tail_text
 from snakeden._process import Launcher, LaunchSpec
-from snakeden._protocol import PROTOCOL_VERSION, Frame, Kind, decode_body, encode_frame
+from snakeden._protocol import (
+    FEATURE_TRACE,
+    PROTOCOL_VERSION,
+    Frame,
+    Kind,
+    decode_body,
+    encode_frame,
+)
 from snakeden._reaper import RunRecord
 
 log = logging.getLogger("snakeden")
@@ -309,6 +316,8 @@ class Supervisor:
                 {w.id: f"codecs {codecs!r}: no pickle"},
             )
         w.commands = tuple(body.get("commands") or ())
+        features = body.get("features")
+        w.takes_context = isinstance(features, list) and FEATURE_TRACE in features
 
     def _break(self, cause: WorkerStartError) -> None:
         err = PoolBroken(
