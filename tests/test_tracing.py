@@ -102,11 +102,13 @@ def test_asyncio_pool_instrumented_before_start() -> None:
 
 
 def test_an_uninstrumented_pool_runs_no_tracing_code() -> None:
-    # Tracing off is the class's own release step: no wrapper, no check on the call path.
+    # Tracing off is the class's own release step (no wrapper) and no CallTracer: the fronts
+    # build the CALL frame as they always did.
     with snakeden.SyncPool(EX, size=1) as pool:
         assert pool.call("add", 1, 1) == 2
         assert "release" not in vars(pool._core)
         assert type(pool._core).release is PoolCore.release
+        assert pool._core.tracing is None
 
 
 # --- the trace context across the process boundary ----------------------------------------------
