@@ -201,6 +201,7 @@ def test_wire_values_are_stable() -> None:
         "PICKLE": 1,
         "BY_REFERENCE": 2,
         "BATCH": 4,
+        "CONTEXT": 8,
     }
     assert PROTOCOL_VERSION == 1
     assert DEFAULT_MAX_FRAME_SIZE == 256 * 1024 * 1024

@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 from snakeden._protocol import (
     BATCH,
     BY_REFERENCE,
+    CONTEXT,
     HEADER_SIZE,
     MAX_REQUEST_ID,
     PICKLE,
@@ -202,6 +203,11 @@ def expect_call(frame: Frame) -> Expect:
         )
     except Exception:
         return decode_error
+    if frame.flags & CONTEXT and type(body) is list and len(body) == 4:
+        # The trace context (docs/protocol.md §6.2): a map, whatever is in it, or "decode".
+        if type(body[3]) is not dict:
+            return decode_error
+        body = body[:3]
     if not (is_args(body) and len(body) == 3):
         return decode_error
     name, args, kwargs = body
@@ -288,7 +294,9 @@ def check_no_traceback(w: Worker) -> None:
 
 ints = st.integers(-(2**63), 2**64 - 1)  # what MessagePack can carry
 ids = st.integers(0, MAX_REQUEST_ID) | st.sampled_from([0, 1, MAX_REQUEST_ID])
-reserved_bits = st.sampled_from([0, 0x08, 0x80, 0xF8])  # senders must not set them; ignored
+# 0x80, 0xF0: reserved, senders must not set them, ignored. 0x08 is CONTEXT: with a 3-element
+# body it changes nothing, with 4 elements the 4th is the context.
+reserved_bits = st.sampled_from([0, CONTEXT, 0x80, 0xF0, 0xF8])
 leaf = (
     st.none() | st.booleans() | ints | st.floats() | st.text(max_size=10) | st.binary(max_size=10)
 )
@@ -407,9 +415,41 @@ batch_calls = st.one_of(
 reference_calls = st.tuples(
     st.sampled_from(sorted(REFERENCES)) | not_str, arg_lists, kwarg_maps
 ).map(lambda c: (BY_REFERENCE, pack(list(c))))
+# A trace context: mostly W3C-looking headers, sometimes anything (it must never fail a call).
+traceparents = st.builds(
+    "{}-{}-{}-{}".format,
+    st.sampled_from(["00", "ff", "0x"]),
+    st.text("0123456789abcdef", min_size=31, max_size=33),
+    st.text("0123456789abcdef", min_size=15, max_size=17),
+    st.sampled_from(["01", "00", "zz"]),
+)
+carriers = st.one_of(
+    st.fixed_dictionaries({"traceparent": traceparents}, optional={"tracestate": st.text()}),
+    st.dictionaries(st.text(max_size=12) | ints, values, max_size=3),
+    values,  # not a map: "decode"
+)
+context_calls = st.tuples(
+    st.sampled_from([CONTEXT, CONTEXT | BATCH, CONTEXT | PICKLE]),
+    well_formed(values),
+    carriers,
+).map(
+    lambda c: (
+        c[0],
+        pickle.dumps([*c[1], c[2]])
+        if c[0] & PICKLE
+        else pack([c[1][0], [c[1][1]], c[1][2], c[2]] if c[0] & BATCH else [*c[1], c[2]]),
+    )
+)
 # one_of picks a branch uniformly: listed twice, a kind of call comes up twice as often.
 calls = st.one_of(
-    msgpack_calls, msgpack_calls, odd_calls, odd_calls, pickle_calls, batch_calls, reference_calls
+    msgpack_calls,
+    msgpack_calls,
+    odd_calls,
+    odd_calls,
+    pickle_calls,
+    batch_calls,
+    reference_calls,
+    context_calls,
 )
 
 

@@ -30,7 +30,7 @@ import os
 import sys
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from snakeden import _shm
 from snakeden._calls import Command, decode_reply, encode_call, unpack_batch
@@ -53,6 +53,9 @@ from snakeden._protocol import Frame, ProtocolViolation
 from snakeden._reaper import RunRecord, reap_leftovers
 from snakeden._stats import Outcome, PoolStats
 from snakeden._supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from snakeden._tracing import CallTracer
 
 # A call is sent again when its worker provably never had it; a bound, so that a pool whose
 # every new worker dies at once cannot keep one caller going round for ever.
@@ -97,6 +100,9 @@ class PoolCore:
             blocking=blocking,
         )
         self._closing: asyncio.Task[None] | None = None
+        # Set by snakeden.tracing.instrument(); the fronts test it once per call, where they
+        # build the CALL frame, and do nothing else for tracing while it is None.
+        self.tracing: CallTracer | None = None
 
     def __repr__(self) -> str:
         return f"<PoolCore {self.config.target!r} {self.checkout!r} launcher={self.launcher.name}>"

@@ -114,6 +114,9 @@ class WorkerHandle:
         self.replacement_scheduled = False
         self.next_memory_check = 0.0
         self.commands: tuple[str, ...] = ()
+        # Its HELLO lists the "trace" feature: an instrumented pool sends it the caller's trace
+        # context (the CONTEXT flag). Never set for a worker that did not ask.
+        self.takes_context = False
         self.close_on_release = False  # exited while leased: the last lease holder closes fds
         self.gone = threading.Event()  # exit status known and output drained
         self.gone_waiters: list[asyncio.Future[None]] = []

@@ -151,7 +151,11 @@ class Pool:
             assert channel is not None
             ident = channel.next_id()
             fut = channel.expect(ident)
-            channel.send(encode_header(Kind.CALL, ident, len(body), flags) + body, ident)
+            if core.tracing is None:
+                data = encode_header(Kind.CALL, ident, len(body), flags) + body
+            else:  # opens the call's span; the worker may get its trace context
+                data = core.tracing.call_frame(w, name, ident, flags, body, waited, attempt)
+            channel.send(data, ident)
             timer = None
             if timeout is not None:
                 timer = core.loop.call_later(timeout, _expire, fut)

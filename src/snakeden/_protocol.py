@@ -41,7 +41,7 @@ class Kind(enum.IntEnum):
     """What a frame is. Values are part of the wire format; never renumber."""
 
     HELLO = 1  # worker -> host, once: the worker is ready (body: a map, see docs/protocol.md)
-    CALL = 2  # host -> worker: run a command (body: [command, args, kwargs])
+    CALL = 2  # host -> worker: run a command (body: [command, args, kwargs(, context)])
     RESULT = 3  # worker -> host: the command returned (body: the value)
     ERROR = 4  # worker -> host: the command (or start-up, id 0) failed (body: error map)
     PING = 5  # host -> worker: are you alive? (body: empty)
@@ -57,12 +57,22 @@ class Flag(enum.IntFlag):
     PICKLE = 0x01  # the body is a pickle (protocol 5), not MessagePack; Python peers only
     BY_REFERENCE = 0x02  # CALL only: the command is "module:qualname", imported by the worker
     BATCH = 0x04  # CALL: body is [command, [args...], kwargs]; RESULT: [[ok, value], ...]
+    # CALL only: the body has a 4th element, a map of W3C Trace Context headers. Sent only to a
+    # worker whose HELLO lists the "trace" feature (docs/protocol.md section 6.2).
+    CONTEXT = 0x08
 
 
 # Plain ints for the hot paths: IntFlag arithmetic costs ~0.7us per operation.
 PICKLE: Final = int(Flag.PICKLE)
 BY_REFERENCE: Final = int(Flag.BY_REFERENCE)
 BATCH: Final = int(Flag.BATCH)
+CONTEXT: Final = int(Flag.CONTEXT)
+
+#: HELLO ``features`` value of a worker that accepts CONTEXT on its CALLs.
+FEATURE_TRACE: Final = "trace"
+#: HELLO ``features`` value of a worker that notes each call's id in the host's "begun" slot
+#: before it runs it (a local worker sharing ``/dev/shm`` with its host; see ``_shm``).
+FEATURE_BEGUN: Final = "begun"
 
 
 class ProtocolViolation(Exception):
@@ -311,9 +321,9 @@ def hello_body(
     commands: list[str],
     worker_id: str,
     codecs: list[str],
-    begun_slot: bool = False,
+    features: list[str] | None = None,
 ) -> dict[str, Any]:
-    body = {
+    body: dict[str, Any] = {
         "protocol": PROTOCOL_VERSION,
         "runtime": runtime,
         "pid": pid,
@@ -321,8 +331,8 @@ def hello_body(
         "worker_id": worker_id,
         "codecs": codecs,
     }
-    if begun_slot:
-        body["begun_slot"] = True  # it notes each call's id in the host's slot as it begins
+    if features:  # left out when empty: the HELLO of a worker without them is unchanged
+        body["features"] = features
     return body
 
 

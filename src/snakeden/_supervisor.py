@@ -38,7 +38,15 @@ from snakeden._events import EventHub, EventKind
 from snakeden._handle import Cause, WorkerHandle
 from snakeden._output import OutputTail, tail_text
 from snakeden._process import Launcher, LaunchSpec
-from snakeden._protocol import PROTOCOL_VERSION, Frame, Kind, decode_body, encode_frame
+from snakeden._protocol import (
+    FEATURE_BEGUN,
+    FEATURE_TRACE,
+    PROTOCOL_VERSION,
+    Frame,
+    Kind,
+    decode_body,
+    encode_frame,
+)
 from snakeden._reaper import RunRecord
 
 log = logging.getLogger("snakeden")
@@ -266,7 +274,8 @@ class Supervisor:
                 {w.id: cause + tail_text(tail)},
             ) from lost
         self._check_hello(w, frame)
-        if slot is not None and decode_body(frame).get("begun_slot"):
+        features = decode_body(frame).get("features")
+        if slot is not None and isinstance(features, list) and FEATURE_BEGUN in features:
             channel.begun = slot  # only a worker that says it notes its calls there
         if not w.commands and self.config.target and not self._warned_no_commands:
             self._warned_no_commands = True  # once per pool, not once per worker
@@ -322,6 +331,8 @@ class Supervisor:
                 {w.id: f"codecs {codecs!r}: no pickle"},
             )
         w.commands = tuple(body.get("commands") or ())
+        features = body.get("features")
+        w.takes_context = isinstance(features, list) and FEATURE_TRACE in features
 
     def _break(self, cause: WorkerStartError) -> None:
         err = PoolBroken(

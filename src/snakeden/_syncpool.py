@@ -177,10 +177,12 @@ class SyncPool(cf.Executor):
             assert channel is not None
             ident = channel.next_id()
             deadline = None if timeout is None else time.monotonic() + timeout
+            if core.tracing is None:
+                data = encode_header(Kind.CALL, ident, len(body), flags) + body
+            else:  # opens the call's span; the worker may get its trace context
+                data = core.tracing.call_frame(w, name, ident, flags, body, waited, attempt)
             try:
-                frame = channel.request_blocking(
-                    ident, encode_header(Kind.CALL, ident, len(body), flags) + body, deadline
-                )
+                frame = channel.request_blocking(ident, data, deadline)
             except TimeoutError:
                 raise core.call_timed_out(w, name, timeout, waited, t1) from None
             except ChannelLost as lost:

@@ -24,11 +24,15 @@ from collections.abc import Callable
 from typing import Any
 
 from snakeden import _commands, _shm
+from snakeden import _worker_tracing as _tracing
 from snakeden._output import log_line
 from snakeden._protocol import (
     BATCH,
     BY_REFERENCE,
+    CONTEXT,
     DEFAULT_MAX_FRAME_SIZE,
+    FEATURE_BEGUN,
+    FEATURE_TRACE,
     HEADER_SIZE,
     PICKLE,
     Frame,
@@ -95,8 +99,10 @@ class _Server:
         wfd: int,
         commands: dict[str, Callable[..., Any]],
         max_frame_size: int,
+        worker_id: str = "?",
     ) -> None:
         self.rfd = rfd
+        self.worker_id = worker_id
         self.wfd = wfd
         self.commands = commands
         self.max_frame_size = max_frame_size
@@ -176,6 +182,21 @@ class _Server:
                 frame.id, 0, kind="decode", type_name=type(exc).__name__, message=message
             )
             return
+        context = None
+        if frame.flags & CONTEXT and type(body) is list and len(body) == 4:
+            # The caller's trace context (docs/protocol.md §6.2): taken off, the rest is an
+            # ordinary call. A CONTEXT call with three elements simply has none.
+            context = body.pop()
+            if type(context) is not dict:
+                what = _describe(context)
+                self.send_error(
+                    frame.id,
+                    0,
+                    kind="decode",
+                    type_name="TypeError",
+                    message=f"the context of a CALL must be a map, got {what}",
+                )
+                return
         problem = _shape_problem(frame, body)
         if problem is not None:
             # Calling with it anyway would mis-route the call (args "ab" taken as two
@@ -199,6 +220,9 @@ class _Server:
             )
             return
         self.calls += 1
+        if context is not None:
+            self._run_traced(frame, flags, fn, name, args, kwargs, context)
+            return
         if frame.flags & BATCH:
             self._reply(frame.id, flags, self._run_batch(fn, args, kwargs, flags), name)
             return
@@ -207,6 +231,45 @@ class _Server:
         except BaseException as exc:  # sys.exit() in a command fails the call, not the worker
             self.send_error_body(frame.id, flags, self._exception_body(exc, flags))
             return
+        self._reply(frame.id, flags, result, name)
+
+    def _run_traced(  # noqa: PLR0917 - handle_call's locals, passed on as they are
+        self,
+        frame: Frame,
+        flags: int,
+        fn: Callable[..., Any],
+        name: str,
+        args: Any,
+        kwargs: Any,
+        context: dict[Any, Any],
+    ) -> None:
+        """``handle_call``'s last step, inside the caller's trace context. A path of its own, so
+        that a call without a context runs exactly the code it ran before tracing existed."""
+        span = _tracing.start(context, name, self.worker_id)
+        if span is None:  # no OpenTelemetry here, or a context it cannot read: ignore it
+            if frame.flags & BATCH:
+                self._reply(frame.id, flags, self._run_batch(fn, args, kwargs, flags), name)
+                return
+            try:
+                result = self._invoke(fn, args, kwargs)
+            except BaseException as exc:
+                self.send_error_body(frame.id, flags, self._exception_body(exc, flags))
+                return
+            self._reply(frame.id, flags, result, name)
+            return
+        if frame.flags & BATCH:
+            results = self._run_batch(fn, args, kwargs, flags)
+            failed = any(not ok for ok, _ in results)
+            _tracing.end(span, "failed" if failed else "ok")
+            self._reply(frame.id, flags, results, name)
+            return
+        try:
+            result = self._invoke(fn, args, kwargs)
+        except BaseException as exc:
+            _tracing.end(span, "failed", exc)
+            self.send_error_body(frame.id, flags, self._exception_body(exc, flags))
+            return
+        _tracing.end(span, "ok")
         self._reply(frame.id, flags, result, name)
 
     def _lookup(self, name: str, frame_flags: int) -> Callable[..., Any]:
@@ -461,14 +524,22 @@ def serve(
             print(f"snakeden worker {worker_id}: start-up failed\n{tb}", file=sys.stderr)
         return EXIT_STARTUP_FAILED
     route_logging()
-    server = _Server(rfd, wfd, commands, max_frame_size)
+    server = _Server(rfd, wfd, commands, max_frame_size, worker_id)
+    # Advertised only where OpenTelemetry can be imported: a host never sends a context to a
+    # worker that would have to ignore it.
+    traced = _tracing.available()
+    if traced:
+        _tracing.preload()
     hello = hello_body(
         pid=os.getpid(),
         runtime=f"python {sys.version.split()[0]}",
         commands=sorted(commands),
         worker_id=worker_id,
         codecs=["msgpack", "pickle"],
-        begun_slot=server.begun is not None,
+        features=[
+            *([FEATURE_TRACE] if traced else []),
+            *([FEATURE_BEGUN] if server.begun is not None else []),
+        ],
     )
     try:
         server.send(Kind.HELLO, 0, encode_body(hello))
@@ -476,6 +547,7 @@ def serve(
     except BrokenPipeError:
         return 0  # the host closed its end of the channel: like EOF, nobody is left to answer
     finally:
+        _tracing.flush()
         if server._loop is not None:
             # Closed here, not by the garbage collector at exit, which may run it after the
             # fds it watches are gone and print a traceback nobody asked for.
