@@ -431,3 +431,23 @@ def test_snapshot_counts_states() -> None:
     s = co.snapshot()
     assert (s.workers, s.ready, s.busy, s.stopping, s.in_flight) == (2, 1, 1, 1, 1)
     assert s.state == "running" and s.calls_redispatched == 0
+
+
+def test_the_remaining_edges_hello_to_a_waiter_stop_while_starting_death_while_leased() -> None:
+    co, _ = pool(size=1)
+    (w,) = start(co)
+    take(co)
+    waiter = queue(co)
+    new = WorkerHandle("hello-to-waiter", co.clock(), None)
+    co.add(new, scheduled=False)
+    in_service, act = co.ready(new)  # STARTING -> BUSY: straight to the caller waiting
+    assert in_service and act is not None and act.wake is waiter and new.state is WState.BUSY
+    stopped = WorkerHandle("stopped-while-starting", co.clock(), None)
+    co.add(stopped, scheduled=False)
+    assert co.fail(stopped, Cause.CLOSED)  # STARTING -> STOPPING (close() during start-up)
+    assert co.ready(stopped) == (False, None)
+    assert co.exited(w) == (False, True)  # BUSY -> DEAD: died under its caller
+    assert w.state is WState.DEAD and w.close_on_release
+    act = co.release(w, "crashed")
+    assert act is not None and act.close_fds is w
+    co.check_invariants()

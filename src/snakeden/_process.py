@@ -319,38 +319,39 @@ class PidfdWatcher:
         self.loop.add_reader(pidfd, on_ready)
 
 
-class SpawnLauncher:
-    """A fresh interpreter per worker: ``python -m snakeden.worker target``.
+class _ExecLauncher:
+    """A fresh process per worker from an argv, through ``start_child``; what differs between
+    a Python interpreter and any other program is its argv, its environment and its advice."""
 
-    Slow to start (the interpreter plus every import), but works everywhere and with any
-    interpreter, e.g. another virtual environment's ``python``.
-    """
-
-    name = "spawn"
-    runs_python = True
+    name = "exec"
+    runs_python = False
 
     def __init__(self) -> None:
         self._watcher: PidfdWatcher | None = None
-        self._python = sys.executable
 
     def diagnose(self, stderr_lines: Sequence[str]) -> str | None:
-        return python_diagnosis(self._python, stderr_lines)
+        return None
 
     async def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._watcher = PidfdWatcher(loop)
 
+    def argv_for(self, spec: LaunchSpec) -> list[str]:
+        raise NotImplementedError
+
+    def env_for(self, spec: LaunchSpec, rfd: int, wfd: int) -> dict[str, str]:
+        return worker_env(spec, rfd, wfd, os.getpid())
+
+    def start_error(self, spec: LaunchSpec, argv: list[str], exc: OSError) -> str:
+        raise NotImplementedError
+
     async def launch(self, spec: LaunchSpec) -> WorkerProcess:
         assert self._watcher is not None, "launcher not started"
-        self._python = spec.python
         host_r, worker_w, worker_r, host_w = make_pipes()
-        argv = [spec.python, "-m", "snakeden.worker"]
-        if spec.target:
-            argv.append(spec.target)
-        argv.append(f"--snakeden-run={spec.run_tag}")
+        argv = self.argv_for(spec)
         try:
             proc, out_r, err_r = start_child(
                 argv,
-                env=worker_env(spec, worker_r, worker_w, os.getpid()),
+                env=self.env_for(spec, worker_r, worker_w),
                 cwd=spec.cwd,
                 child_fds=(worker_r, worker_w),
             )
@@ -358,9 +359,7 @@ class SpawnLauncher:
             os.close(host_r)
             os.close(host_w)
             raise WorkerStartError(
-                f"cannot start worker {spec.worker_id} with interpreter {spec.python!r}: {exc}. "
-                f"Check the path (python=...) and that it has snakeden installed",
-                {spec.worker_id: str(exc)},
+                self.start_error(spec, argv, exc), {spec.worker_id: str(exc)}
             ) from exc
         wp = WorkerProcess(
             proc.pid, read_fd=host_r, write_fd=host_w, stdout_fd=out_r, stderr_fd=err_r
@@ -375,10 +374,41 @@ class SpawnLauncher:
         return ()
 
 
+class SpawnLauncher(_ExecLauncher):
+    """A fresh interpreter per worker: ``python -m snakeden.worker target``.
+
+    Slow to start (the interpreter plus every import), but works everywhere and with any
+    interpreter, e.g. another virtual environment's ``python``.
+    """
+
+    name = "spawn"
+    runs_python = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._python = sys.executable
+
+    def diagnose(self, stderr_lines: Sequence[str]) -> str | None:
+        return python_diagnosis(self._python, stderr_lines)
+
+    def argv_for(self, spec: LaunchSpec) -> list[str]:
+        self._python = spec.python
+        argv = [spec.python, "-m", "snakeden.worker"]
+        if spec.target:
+            argv.append(spec.target)
+        return [*argv, f"--snakeden-run={spec.run_tag}"]
+
+    def start_error(self, spec: LaunchSpec, argv: list[str], exc: OSError) -> str:
+        return (
+            f"cannot start worker {spec.worker_id} with interpreter {spec.python!r}: {exc}. "
+            f"Check the path (python=...) and that it has snakeden installed"
+        )
+
+
 _NODE_MISSING_MODULE = re.compile(r"Error: Cannot find module '([^']+)'")
 
 
-class CommandLauncher:
+class CommandLauncher(_ExecLauncher):
     """Any program as a worker: the pool option ``command`` (an argv), plus ``target`` as its
     last argument when one is given.
 
@@ -393,8 +423,8 @@ class CommandLauncher:
     runs_python = False
 
     def __init__(self, argv: Sequence[str]) -> None:
+        super().__init__()
         self.argv = list(argv)
-        self._watcher: PidfdWatcher | None = None
 
     def diagnose(self, stderr_lines: Sequence[str]) -> str | None:
         text = "\n".join(stderr_lines)
@@ -406,38 +436,15 @@ class CommandLauncher:
             )
         return None
 
-    async def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._watcher = PidfdWatcher(loop)
-
     def argv_for(self, spec: LaunchSpec) -> list[str]:
         return [*self.argv, spec.target] if spec.target else list(self.argv)
 
-    async def launch(self, spec: LaunchSpec) -> WorkerProcess:
-        assert self._watcher is not None, "launcher not started"
-        host_r, worker_w, worker_r, host_w = make_pipes()
-        argv = self.argv_for(spec)
+    def env_for(self, spec: LaunchSpec, rfd: int, wfd: int) -> dict[str, str]:
         # The target is the program's argument, not a Python module: no import-origin lookup.
-        env = worker_env(replace(spec, target=None), worker_r, worker_w, os.getpid())
-        try:
-            proc, out_r, err_r = start_child(
-                argv, env=env, cwd=spec.cwd, child_fds=(worker_r, worker_w)
-            )
-        except OSError as exc:
-            os.close(host_r)
-            os.close(host_w)
-            raise WorkerStartError(
-                f"cannot start worker {spec.worker_id} with command {argv!r}: {exc}. Check that "
-                f"the program exists and is executable (command=...; cwd={spec.cwd!r})",
-                {spec.worker_id: str(exc)},
-            ) from exc
-        wp = WorkerProcess(
-            proc.pid, read_fd=host_r, write_fd=host_w, stdout_fd=out_r, stderr_fd=err_r
+        return worker_env(replace(spec, target=None), rfd, wfd, os.getpid())
+
+    def start_error(self, spec: LaunchSpec, argv: list[str], exc: OSError) -> str:
+        return (
+            f"cannot start worker {spec.worker_id} with command {argv!r}: {exc}. Check that "
+            f"the program exists and is executable (command=...; cwd={spec.cwd!r})"
         )
-        self._watcher.watch(proc, wp)
-        return wp
-
-    async def close(self) -> None:
-        return None
-
-    def pids(self) -> Sequence[int]:
-        return ()
