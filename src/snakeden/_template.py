@@ -443,7 +443,7 @@ def thread_warning() -> str | None:
 
 
 def template_main(argv: list[str]) -> int:
-    from snakeden import worker
+    from snakeden import _worker_tracing, worker
 
     sock = socket.socket(fileno=int(os.environ["SNAKEDEN_TEMPLATE_FD"]))
     os.set_inheritable(sock.fileno(), False)
@@ -459,6 +459,8 @@ def template_main(argv: list[str]) -> int:
         for name in filter(None, preload.split(",")):
             importlib.import_module(name)
         loaded = worker.import_target(target) if target else None
+        # Looked up once here, not in every forked worker (a file-system search, ~0.4 ms).
+        _worker_tracing.available()
     except BaseException as exc:
         tb = "".join(traceback.format_exception(exc))
         return _fail(sock, f"import failed\n{tb}", type(exc).__qualname__, str(exc), tb)

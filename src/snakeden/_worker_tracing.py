@@ -27,14 +27,20 @@ from typing import Any
 _otel: Any = None
 
 
+_findable: bool | None = None  # asked once per process; a fork template asks for its workers
+
+
 def available() -> bool:
     """Whether OpenTelemetry's API can be imported here, without importing it."""
+    global _findable
     if _otel is not None:
         return _otel is not False
-    try:
-        return importlib.util.find_spec("opentelemetry.trace") is not None
-    except (ImportError, ValueError):
-        return False
+    if _findable is None:
+        try:
+            _findable = importlib.util.find_spec("opentelemetry.trace") is not None
+        except (ImportError, ValueError):
+            _findable = False
+    return _findable
 
 
 def preload() -> None:
