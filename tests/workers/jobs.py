@@ -16,7 +16,7 @@ def job(x: Any) -> Any:
     if isinstance(x, dict):  # {"rendezvous": fifo, "sleep": seconds}: a call still running
         with open(x["rendezvous"], "w") as f:
             f.write("started\n")
-        time.sleep(x["sleep"])
+        time.sleep(x["sleep"])  # the workload itself (a long line), not a synchronisation
         return "slept"
     if x == CRASH_ON:
         os._exit(3)

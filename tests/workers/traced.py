@@ -73,4 +73,4 @@ class Traced:
     @snakeden.command
     def nap(self, seconds: float) -> None:
         with self.tracer.start_as_current_span("nap"):
-            time.sleep(seconds)
+            time.sleep(seconds)  # the workload inside the span, not a synchronisation
