@@ -4,8 +4,12 @@ table, not by asking the pool), and helpers to run asyncio tests without a plugi
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pathlib
+import select
+import subprocess
+import sys
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
@@ -43,6 +47,49 @@ def snakeden_processes() -> list[psutil.Process]:
         if env.get("SNAKEDEN_RUN_TAG", "").startswith(prefix):
             found.append(proc)
     return found
+
+
+def start_host_script(
+    module: str, *args: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """Run ``python -m module args`` as a separate host process and return it with the JSON line
+    it prints once its pool is up (waited for with a generous bound, never a sleep)."""
+    host = subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
+    assert host.stdout is not None
+    poller = select.poll()
+    poller.register(host.stdout, select.POLLIN)
+    if not poller.poll(60_000):
+        host.kill()
+        host.wait(60)
+        raise AssertionError(f"{module} never reported its processes")
+    return host, json.loads(host.stdout.readline())
+
+
+def survivors(pids: list[int], timeout: float = 30.0) -> list[int]:
+    """The pids among ``pids`` still alive (not zombies) after waiting up to ``timeout`` for
+    their exits."""
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    out = []
+    for p in alive:
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
 
 
 def assert_no_leftovers(timeout: float = 15.0) -> None:

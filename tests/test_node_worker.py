@@ -6,19 +6,15 @@ worker fails the pool's start fast, saying what went wrong."""
 from __future__ import annotations
 
 import asyncio
-import json
-import select
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 
 import psutil
 import pytest
 
 import snakeden
-from tests.conftest import ROOT, run
+from tests.conftest import ROOT, run, start_host_script
 
 NODE_DIR = ROOT / "node"
 NODE_COMMAND = [
@@ -106,20 +102,7 @@ def test_recycled_after_max_calls() -> None:
 
 
 def test_host_sigkill_leaves_no_node_process() -> None:
-    host = subprocess.Popen(
-        [sys.executable, "-m", "tests.workers.node_host_script"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    assert host.stdout is not None
-    poller = select.poll()
-    poller.register(host.stdout, select.POLLIN)
-    if not poller.poll(60_000):
-        host.kill()
-        raise AssertionError("host script never reported its pool")
-    info = json.loads(host.stdout.readline())
+    host, info = start_host_script("tests.workers.node_host_script")
     pids = [*info["workers"], info["grandchild"], info["watcher"]]
     assert all(psutil.pid_exists(p) for p in pids)
     host.send_signal(signal.SIGKILL)

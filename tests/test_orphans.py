@@ -22,37 +22,12 @@ import pytest
 
 import snakeden
 from snakeden._reaper import RunRecord, reap_leftovers
-from tests.conftest import ROOT
+from tests.conftest import start_host_script, survivors
 
 
-def _start_host(method: str, runtime: str) -> tuple[subprocess.Popen[str], dict[str, object]]:
+def _start_host(method: str, runtime: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     env = dict(os.environ, SNAKEDEN_RUNTIME_DIR=runtime)
-    host = subprocess.Popen(
-        [sys.executable, "-m", "tests.workers.host_script", method],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env=env,
-    )
-    assert host.stdout is not None
-    poller = select.poll()
-    poller.register(host.stdout, select.POLLIN)
-    if not poller.poll(60_000):
-        host.kill()
-        raise AssertionError("host script never reported its pool")
-    return host, json.loads(host.stdout.readline())
-
-
-def _gone(pids: list[int], timeout: float = 30.0) -> list[int]:
-    procs = []
-    for pid in pids:
-        try:
-            procs.append(psutil.Process(pid))
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
-    return [p.pid for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    return start_host_script("tests.workers.host_script", method, env=env)
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
@@ -70,7 +45,7 @@ def test_host_sigkill_leaves_nothing_the_watcher_kills_grandchildren(method: str
         host.wait(60)
         # Parent-death signal and end-of-file: every worker (and the template) dies with it;
         # what a worker started itself is killed by the run's watcher, which then leaves.
-        assert _gone([*workers, *helpers, grandchild, watcher]) == []
+        assert survivors([*workers, *helpers, grandchild, watcher]) == []
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
@@ -86,14 +61,14 @@ def test_without_its_watcher_a_dead_hosts_leftovers_are_reaped_by_the_next_pool(
         os.kill(int(info["watcher"]), signal.SIGKILL)  # type: ignore[call-overload]
         host.send_signal(signal.SIGKILL)
         host.wait(60)
-        assert _gone([*workers, *helpers]) == []
+        assert survivors([*workers, *helpers]) == []
 
         # What a worker started itself survives its worker... until the next pool starts.
         assert psutil.pid_exists(grandchild)
         monkeypatch.setenv("SNAKEDEN_RUNTIME_DIR", runtime)
         with snakeden.SyncPool("snakeden.examples", size=1) as pool:
             assert pool.call("add", 1, 1) == 2
-        assert _gone([grandchild]) == []
+        assert survivors([grandchild]) == []
         assert [p.name for p in pathlib.Path(runtime).glob("*.json")] == []
 
 
@@ -147,20 +122,7 @@ def test_a_live_hosts_record_is_left_alone() -> None:
 
 
 def _start_watcher_host(*args: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
-    host = subprocess.Popen(
-        [sys.executable, "-m", "tests.workers.watcher_host", *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    assert host.stdout is not None
-    poller = select.poll()
-    poller.register(host.stdout, select.POLLIN)
-    if not poller.poll(60_000):
-        host.kill()
-        raise AssertionError("watcher host never reported its processes")
-    return host, json.loads(host.stdout.readline())
+    return start_host_script("tests.workers.watcher_host", *args)
 
 
 def _wait_exits(pids: list[int], timeout: float) -> tuple[float, list[int]]:

@@ -8,20 +8,15 @@ the callers saw, and ``close()`` returns leaving no process behind.
 
 from __future__ import annotations
 
-import json
 import os
-import select
 import signal
-import subprocess
-import sys
 import tempfile
 
-import psutil
 import pytest
 
 import snakeden
 from snakeden._bench import _chaos
-from tests.conftest import ROOT, run
+from tests.conftest import run, start_host_script, survivors
 
 FRONTS = ["async", "sync"]
 # Issue 8 storms 8 workers; on a 2-core machine 4 make the same races without starving the load.
@@ -88,40 +83,16 @@ def test_host_sigkill_under_load_leaves_nothing(monkeypatch: pytest.MonkeyPatch)
     grandchildren."""
     with tempfile.TemporaryDirectory() as runtime:
         env = dict(os.environ, SNAKEDEN_RUNTIME_DIR=runtime)
-        host = subprocess.Popen(
-            [sys.executable, "-m", "tests.workers.chaos_host"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-            env=env,
-        )
-        try:
-            assert host.stdout is not None
-            poller = select.poll()
-            poller.register(host.stdout, select.POLLIN)
-            assert poller.poll(60_000), "the host never reported its pool"
-            info = json.loads(host.stdout.readline())
-        finally:
-            host.send_signal(signal.SIGKILL)
-            host.wait(60)
+        host, info = start_host_script("tests.workers.chaos_host", env=env)
+        host.send_signal(signal.SIGKILL)
+        host.wait(60)
         workers, helpers, grandchildren = info["workers"], info["helpers"], info["grandchildren"]
         assert len(workers) == 4 and helpers and grandchildren
         # Parent-death signal and end of file: every worker and the template die with the host.
-        assert _survivors([*workers, *helpers]) == []
-        # What the workers started survives them... until the next pool starts and reaps it.
+        assert survivors([*workers, *helpers]) == []
+        # What the workers started dies with them (the run's watcher), or else the next pool
+        # reaps it.
         monkeypatch.setenv("SNAKEDEN_RUNTIME_DIR", runtime)
         with snakeden.SyncPool(_chaos.WORKER, size=1) as pool:
             assert pool.call("echo", 1) == 1
-        assert _survivors(grandchildren) == []
-
-
-def _survivors(pids: list[int], timeout: float = 30.0) -> list[int]:
-    procs = []
-    for pid in pids:
-        try:
-            procs.append(psutil.Process(pid))
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
-    return [p.pid for p in alive if _chaos.alive(p.pid)]
+        assert survivors(grandchildren) == []
