@@ -273,9 +273,8 @@ class Supervisor:
                 + _stdout_text(w),
                 {w.id: cause + tail_text(tail)},
             ) from lost
-        self._check_hello(w, frame)
-        features = decode_body(frame).get("features")
-        if slot is not None and isinstance(features, list) and FEATURE_BEGUN in features:
+        features = self._check_hello(w, frame)
+        if slot is not None and FEATURE_BEGUN in features:
             channel.begun = slot  # only a worker that says it notes its calls there
         if not w.commands and self.config.target and not self._warned_no_commands:
             self._warned_no_commands = True  # once per pool, not once per worker
@@ -290,7 +289,8 @@ class Supervisor:
         if self.blocking:
             channel.detach()
 
-    def _check_hello(self, w: WorkerHandle, frame: Frame) -> None:
+    def _check_hello(self, w: WorkerHandle, frame: Frame) -> tuple[str, ...]:
+        """Refuse a first frame that is not an acceptable HELLO; returns its ``features``."""
         try:
             body = decode_body(frame) if not frame.flags else None
         except Exception as exc:
@@ -331,8 +331,12 @@ class Supervisor:
                 {w.id: f"codecs {codecs!r}: no pickle"},
             )
         w.commands = tuple(body.get("commands") or ())
-        features = body.get("features")
-        w.takes_context = isinstance(features, list) and FEATURE_TRACE in features
+        listed = body.get("features")
+        features = (
+            tuple(f for f in listed if isinstance(f, str)) if isinstance(listed, list) else ()
+        )
+        w.takes_context = FEATURE_TRACE in features
+        return features
 
     def _break(self, cause: WorkerStartError) -> None:
         err = PoolBroken(
