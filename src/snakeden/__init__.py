@@ -30,11 +30,14 @@ from snakeden._events import EventKind, WorkerEvent
 from snakeden._pool import Pool
 from snakeden._stats import Percentiles, PoolStats
 from snakeden._syncpool import SyncPool
+from snakeden._worker_context import CallCancelled, CallContext, context
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BadCall",
+    "CallCancelled",
+    "CallContext",
     "CallError",
     "CallTimeout",
     "EventKind",
@@ -60,4 +63,5 @@ __all__ = [
     "WorkerEvent",
     "WorkerStartError",
     "command",
+    "context",
 ]
