@@ -195,6 +195,11 @@ def test_wire_values_are_stable() -> None:
         "PONG": 6,
         "CANCEL": 7,
         "SHUTDOWN": 8,
+        "STREAM_ITEM": 9,
+        "CREDIT": 10,
+        "STREAM_END": 11,
+        "HOST_CALL": 12,
+        "HOST_REPLY": 13,
     }
     assert {name: int(f) for name, f in Flag.__members__.items()} == {
         "NONE": 0,
@@ -202,6 +207,7 @@ def test_wire_values_are_stable() -> None:
         "BY_REFERENCE": 2,
         "BATCH": 4,
         "CONTEXT": 8,
+        "STREAM": 0x10,
     }
     assert PROTOCOL_VERSION == 1
     assert DEFAULT_MAX_FRAME_SIZE == 256 * 1024 * 1024

@@ -136,8 +136,8 @@ def predict(stream: bytes) -> Outcome:
             replies.append(expect_call(f))
         elif f.kind == Kind.PING:
             replies.append(Expect(f.id, pong=True))
-        elif f.kind == Kind.CANCEL:
-            pass
+        elif f.kind in (Kind.CANCEL, Kind.CREDIT, Kind.HOST_REPLY):
+            pass  # for a call that is not running: nothing to do
         elif f.kind == Kind.SHUTDOWN:
             # Read in one piece with a later violation, SHUTDOWN is never seen: exit 4 then.
             return Outcome(replies, frozenset({0, 4} if lost else {0}), lost)
@@ -294,9 +294,10 @@ def check_no_traceback(w: Worker) -> None:
 
 ints = st.integers(-(2**63), 2**64 - 1)  # what MessagePack can carry
 ids = st.integers(0, MAX_REQUEST_ID) | st.sampled_from([0, 1, MAX_REQUEST_ID])
-# 0x80, 0xF0: reserved, senders must not set them, ignored. 0x08 is CONTEXT: with a 3-element
-# body it changes nothing, with 4 elements the 4th is the context.
-reserved_bits = st.sampled_from([0, CONTEXT, 0x80, 0xF0, 0xF8])
+# 0x80, 0xE0: reserved, senders must not set them, ignored (0x10 is STREAM). 0x08 is
+# CONTEXT: a 3-element
+# body with it changes nothing, with 4 elements the 4th is the context.
+reserved_bits = st.sampled_from([0, CONTEXT, 0x80, 0xE0, 0xE8])
 leaf = (
     st.none() | st.booleans() | ints | st.floats() | st.text(max_size=10) | st.binary(max_size=10)
 )
@@ -475,14 +476,20 @@ def simple_frame(kind: Kind) -> st.SearchStrategy[bytes]:
 
 
 serving_frames = st.one_of(
-    call_frames(), call_frames(), call_frames(), simple_frame(Kind.PING), simple_frame(Kind.CANCEL)
+    call_frames(),
+    call_frames(),
+    call_frames(),
+    simple_frame(Kind.PING),
+    simple_frame(Kind.CANCEL),
+    simple_frame(Kind.CREDIT),
+    simple_frame(Kind.HOST_REPLY),
 )
 ending_bytes = st.one_of(
     simple_frame(Kind.SHUTDOWN),
     st.builds(  # unknown kinds, and the worker -> host kinds
         lambda k, i, b: encode_header(k, i, len(b)) + b,
-        st.sampled_from([0, Kind.HELLO, Kind.RESULT, Kind.ERROR, Kind.PONG, 9, 255])
-        | st.integers(9, 255),
+        st.sampled_from([0, Kind.HELLO, Kind.RESULT, Kind.ERROR, Kind.PONG, 9, 11, 12, 255])
+        | st.integers(14, 255),
         ids,
         st.binary(max_size=8),
     ),

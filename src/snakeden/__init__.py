@@ -4,12 +4,14 @@ Calls run concurrently on workers that survive crashes of their peers, are kille
 hangs, keep state between calls, and speak a small language-neutral protocol.
 """
 
-from snakeden._commands import command
+from snakeden._commands import command, concurrency
 from snakeden._config import PoolOptions
 from snakeden._errors import (
     BadCall,
     CallError,
     CallTimeout,
+    FeatureNotSupported,
+    HostCallDeadlock,
     NotAReference,
     PayloadTooLarge,
     PoolBroken,
@@ -29,6 +31,7 @@ from snakeden._errors import (
 from snakeden._events import EventKind, WorkerEvent
 from snakeden._pool import Pool
 from snakeden._stats import Percentiles, PoolStats
+from snakeden._streams import Stream
 from snakeden._syncpool import SyncPool
 from snakeden._worker_context import CallCancelled, CallContext, context
 
@@ -41,6 +44,8 @@ __all__ = [
     "CallError",
     "CallTimeout",
     "EventKind",
+    "FeatureNotSupported",
+    "HostCallDeadlock",
     "NotAReference",
     "PayloadTooLarge",
     "Percentiles",
@@ -57,11 +62,13 @@ __all__ = [
     "RemoteTraceback",
     "SerializationError",
     "SnakedenError",
+    "Stream",
     "SyncPool",
     "UnknownCommand",
     "WorkerCrashed",
     "WorkerEvent",
     "WorkerStartError",
     "command",
+    "concurrency",
     "context",
 ]

@@ -30,7 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from snakeden._protocol import Frame, FrameDecoder, ProtocolViolation
+from snakeden._protocol import Frame, FrameDecoder, Kind, ProtocolViolation
 
 # Reads go into one preallocated buffer: allocating a fresh 1 MiB bytes object per read costs
 # an mmap/munmap pair, which showed up as ~40us per call.
@@ -94,6 +94,16 @@ class Channel:
         self._rpoll.register(read_fd, select.POLLIN)
         self._rbuf = bytearray(_READ_SIZE)
         self._rview = memoryview(self._rbuf)
+        # Streams: each frame for a stream's id goes to its consumer (items, then its end);
+        # a lost channel reaches them as the ChannelLost.
+        self._streams: dict[int, Callable[[Frame | ChannelLost], None]] = {}
+        # A HOST_CALL from the worker (its id is the worker's, not a request's): the pool's.
+        self.on_host_call: Callable[[Channel, Frame], None] | None = None
+        self._rq: deque[Frame] = deque()  # blocking mode: frames read after the one wanted
+
+    @property
+    def attached(self) -> bool:
+        return self._loop is not None
 
     def next_id(self) -> int:
         self._next_id = self._next_id % 0xFFFF_FFFF + 1
@@ -136,8 +146,16 @@ class Channel:
             self._pending[ident] = fut
         return fut
 
+    def expect_stream(self, ident: int, consumer: Callable[[Frame | ChannelLost], None]) -> None:
+        """Send every frame for ``ident`` to ``consumer`` until :meth:`forget`."""
+        if self.lost is not None:
+            consumer(self.lost.for_request(unsent=True))
+            return
+        self._streams[ident] = consumer
+
     def forget(self, ident: int) -> None:
         self._pending.pop(ident, None)
+        self._streams.pop(ident, None)
         self._unclaimed.pop(ident, None)
         self._ends.pop(ident, None)
 
@@ -209,7 +227,16 @@ class Channel:
             return
         pending = self._pending
         ends = self._ends
+        streams = self._streams
         for frame in frames:
+            if frame.kind == Kind.HOST_CALL:
+                self._host_call(frame)
+                continue
+            if streams:
+                consumer = streams.get(frame.id)
+                if consumer is not None:
+                    consumer(frame)
+                    continue
             fut = pending.pop(frame.id, None)
             ends.pop(frame.id, None)
             if fut is None:
@@ -220,6 +247,10 @@ class Channel:
                 # The caller was cancelled in this same loop turn: its abandon path will look
                 # for this reply rather than wait for one that already came.
                 self._unclaimed[frame.id] = frame
+
+    def _host_call(self, frame: Frame) -> None:
+        if self.on_host_call is not None:
+            self.on_host_call(self, frame)
 
     def _lose(self, cause: BaseException | None) -> None:
         if self.lost is not None:
@@ -238,6 +269,10 @@ class Channel:
                 # Not read whole, or (where the worker notes it) after the call it last began.
                 unsent = end > consumed or (never is not None and end > never)
                 fut.set_exception(self.lost.for_request(unsent))
+        streams, self._streams = self._streams, {}
+        for ident, consumer in streams.items():
+            end = self._ends.get(ident, self._queued + 1)
+            consumer(self.lost.for_request(end > consumed))
         if self._on_lost is not None:
             self._on_lost(self.lost)
 
@@ -292,6 +327,13 @@ class Channel:
             raise self._lost_blocking(exc, unsent=True) from None
 
     def read_reply_blocking(self, ident: int, deadline: float | None) -> Frame:
+        rq = self._rq
+        while rq:  # read with an earlier frame (a stream's items come many per read)
+            frame = rq.popleft()
+            if frame.kind == Kind.HOST_CALL:
+                self._host_call(frame)
+            elif frame.id == ident:
+                return frame
         while True:
             if deadline is not None:
                 self._wait(self.read_fd, select.POLLIN, deadline)
@@ -312,8 +354,12 @@ class Channel:
                 raise self._lost_blocking(exc, unsent=False) from None
             # One lease, one request at a time: any other id is a late reply to a request
             # whose caller gave up, and is dropped.
-            for frame in frames:
-                if frame.id == ident:
+            for i, frame in enumerate(frames):
+                if frame.kind == Kind.HOST_CALL:
+                    self._host_call(frame)  # runs the host function on this thread
+                elif frame.id == ident:
+                    if i + 1 < len(frames):
+                        rq.extend(frames[i + 1 :])
                     return frame
 
     def _lost_blocking(self, cause: BaseException | None, *, unsent: bool) -> ChannelLost:

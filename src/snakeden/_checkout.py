@@ -105,7 +105,8 @@ class Checkout:
         self.clock: Callable[[], float] = config.clock
         self.size = config.min_size
         self.upper = config.upper_size
-        self.depth = depth  # calls in flight per worker
+        self.depth = depth  # calls in flight per worker, for the pool (pipelining)
+        self.shared = depth > 1  # some worker takes more than one call at once (see ready())
         self.memory_limited = config.max_memory is not None
         self.lock = threading.Lock()
         self.phase = Phase.NEW
@@ -142,7 +143,7 @@ class Checkout:
                     w.leased_at = self.clock()  # for the live view: busy for how long
                     self.leased += 1
                     return w, False
-                if self.depth > 1:
+                if self.shared:
                     shared = self._least_loaded()
                     if shared is not None:
                         shared.inflight += 1
@@ -164,7 +165,7 @@ class Checkout:
         for w in self.workers.values():
             if (
                 w.state is WState.BUSY
-                and w.inflight < self.depth
+                and w.inflight < w.depth
                 and not w.retiring
                 and not w.must_retire
                 and (best is None or w.inflight < best.inflight)
@@ -310,6 +311,8 @@ class Checkout:
             if w.state is not WState.STARTING:
                 return False, None  # stopped by close() meanwhile; its exit finishes it
             w.ready_at = w.last_used = self.clock()
+            w.depth = max(w.depth, self.depth)  # the HELLO's concurrency, or the pipeline
+            self.shared = self.shared or w.depth > 1
             w.move(WState.BUSY)
             w.inflight = 1
             self.leased += 1
@@ -535,6 +538,7 @@ class Checkout:
                 start_failures=c.start_failures,
                 checkout_wait=Percentiles.of(list(c.checkout_wait)),
                 call_latency=Percentiles.of(list(c.call_latency)),
+                slots=sum(w.depth for w in ws if w.state in (WState.IDLE, WState.BUSY)),
             )
 
     def check_invariants(self) -> None:
@@ -552,7 +556,7 @@ class Checkout:
                     assert w.inflight > 0, f"busy with no lease: {w!r}"
                 if w.state in (WState.STOPPING, WState.DEAD):
                     assert w.cause is not None, f"out of service without a cause: {w!r}"
-                assert w.inflight <= max(1, self.depth), f"over depth: {w!r}"
+                assert w.inflight <= max(1, w.depth), f"over depth: {w!r}"
             assert self.scheduled >= 0, f"scheduled={self.scheduled}"
             if self.phase is Phase.CLOSED:
                 assert not self.waiters and self.leased == 0, f"closed with work: {self!r}"

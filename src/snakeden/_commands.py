@@ -48,6 +48,26 @@ def command(fn: F | None = None, /, *, name: str | None = None) -> F | Callable[
     return mark(fn) if fn is not None else mark
 
 
+_concurrency = 1
+
+
+def concurrency(n: int) -> None:
+    """Declare, at the top level of a worker module, that its worker serves ``n`` calls at once.
+
+    ``async def`` commands then run side by side on the worker's event loop and sync commands
+    on ``n`` threads (for I/O-bound work, or free-threaded Python); the pool keeps up to ``n``
+    calls in flight on each such worker. Without it a worker serves one call at a time.
+    """
+    global _concurrency
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"snakeden.concurrency() takes an int >= 1, not {n!r}")
+    _concurrency = n
+
+
+def declared_concurrency() -> int:
+    return _concurrency
+
+
 def split_target(target: str) -> tuple[str, str | None]:
     """``"pkg.mod:Model"`` -> ``("pkg.mod", "Model")``; ``"pkg.mod"`` -> ``("pkg.mod", None)``."""
     module, _, attr = target.partition(":")

@@ -66,6 +66,11 @@ class PoolOptions(TypedDict, total=False):
       ``max_frame_size`` for it).
     * ``cancel_grace`` (default 5 s): a worker whose caller was cancelled gets this long to
       stop the call before it is killed.
+    * ``stream_window`` (default 64): items a streaming command may run ahead of its reader
+      (``pool.stream()``); the host grants more as the reader takes them.
+    * ``host_functions`` (default: none): ``{name: function}`` (sync or ``async def``) worker
+      code may call through ``snakeden.context().call_host(name, ...)``; more with
+      ``pool.register()``.
 
     Health and recycling:
 
@@ -118,6 +123,8 @@ class PoolOptions(TypedDict, total=False):
     max_start_failures: int
     on_event: Callable[[WorkerEvent], None] | None
     clock: Callable[[], float]
+    stream_window: int
+    host_functions: Mapping[str, Callable[..., Any]] | None
 
 
 #: The option names, from the TypedDict (a test keeps them equal to PoolConfig's fields).
@@ -160,6 +167,8 @@ class PoolConfig:
     max_start_failures: int = 5
     on_event: Callable[[WorkerEvent], None] | None = None
     clock: Callable[[], float] = time.monotonic
+    stream_window: int = 64
+    host_functions: dict[str, Callable[..., Any]] | None = None
 
     @property
     def min_size(self) -> int:
@@ -180,6 +189,11 @@ class PoolConfig:
             raise ValueError("max_queue must be >= 0")
         if self.pipeline < 1:
             raise ValueError("pipeline must be >= 1")
+        if isinstance(self.stream_window, bool) or self.stream_window < 1:
+            raise ValueError(f"stream_window must be an int >= 1, not {self.stream_window!r}")
+        for name, fn in (self.host_functions or {}).items():
+            if not isinstance(name, str) or not callable(fn):
+                raise TypeError(f"host_functions maps str names to callables, not {name!r}: {fn!r}")
         if self.shm_threshold is not None:
             if self.serializer != "msgpack":
                 raise ValueError("shm_threshold works with the msgpack serializer only")
@@ -236,4 +250,6 @@ def make_config(target: str | None, options: Mapping[str, object]) -> PoolConfig
         kwargs["command"] = tuple(kwargs["command"])
     if "env" in kwargs:
         kwargs["env"] = dict(kwargs["env"] or {})
+    # The pool's own table, which pool.register() adds to.
+    kwargs["host_functions"] = dict(kwargs.get("host_functions") or {})
     return PoolConfig(target=target, **kwargs)

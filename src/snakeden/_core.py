@@ -47,6 +47,7 @@ from snakeden._errors import (
 )
 from snakeden._events import EventHub
 from snakeden._handle import Cause, WorkerHandle
+from snakeden._host_calls import HostFunctions, refuse_waiting
 from snakeden._output import tail_text
 from snakeden._process import CommandLauncher, Launcher, SpawnLauncher
 from snakeden._protocol import Frame, ProtocolViolation
@@ -99,6 +100,8 @@ class PoolCore:
             worker_env=worker_env,
             blocking=blocking,
         )
+        self.host = HostFunctions(config.host_functions, loop, config.max_frame_size)
+        self.sup.on_host_call = self.host.on_host_call
         self._closing: asyncio.Task[None] | None = None
         # Set by snakeden.tracing.instrument(); the fronts test it once per call, where they
         # build the CALL frame, and do nothing else for tracing while it is None.
@@ -110,7 +113,13 @@ class PoolCore:
     # --- taking a worker -----------------------------------------------------------------------
 
     def _async_waiter(self) -> AsyncWaiter:
+        refuse_waiting()  # a call from a host function never queues (see _host_calls)
         return AsyncWaiter(self.loop.create_future())
+
+    @staticmethod
+    def _thread_waiter() -> ThreadWaiter:
+        refuse_waiting()
+        return ThreadWaiter()
 
     async def checkout_async(self, queue_timeout: float | None) -> tuple[WorkerHandle, float]:
         got, grow = self.checkout.acquire(self._async_waiter)
@@ -139,7 +148,7 @@ class PoolCore:
         return w, time.perf_counter() - t0
 
     def checkout_blocking(self, queue_timeout: float | None) -> tuple[WorkerHandle, float]:
-        got, grow = self.checkout.acquire(ThreadWaiter)
+        got, grow = self.checkout.acquire(self._thread_waiter)
         if isinstance(got, WorkerHandle):
             return got, 0.0
         if grow:

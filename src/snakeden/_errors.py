@@ -292,6 +292,19 @@ class PoolSaturated(PoolError):
     slow down, add workers, or raise ``max_queue``."""
 
 
+class FeatureNotSupported(CallError):
+    """**The worker cannot do what the call needs** (a stream from a worker whose HELLO does not
+    list ``"stream"``, e.g. the Node.js runtime). Your choice of worker: call it with
+    ``pool.call()``, or use a worker runtime that lists the feature (docs/protocol.md §6.1)."""
+
+
+class HostCallDeadlock(PoolSaturated):
+    """**A host function called the pool and no worker slot was free.** Your design: the call
+    would wait for a slot that the call behind this host function may itself be holding, so it
+    is refused at once instead of hanging. Give the pool more workers (or a worker module more
+    ``snakeden.concurrency()``), or call the pool outside host functions."""
+
+
 class QueueTimeout(PoolError, TimeoutError):
     """**No worker became free within the queue timeout.** The pool's limits: all workers stayed
     busy. The call was never sent and never will be."""

@@ -117,6 +117,8 @@ class WorkerHandle:
         # Its HELLO lists the "trace" feature: an instrumented pool sends it the caller's trace
         # context (the CONTEXT flag). Never set for a worker that did not ask.
         self.takes_context = False
+        self.features: frozenset[str] = frozenset()  # its HELLO's "features"
+        self.depth = 1  # calls in flight at most: the pool's pipeline, or the HELLO concurrency
         self.close_on_release = False  # exited while leased: the last lease holder closes fds
         self.gone = threading.Event()  # exit status known and output drained
         self.gone_waiters: list[asyncio.Future[None]] = []

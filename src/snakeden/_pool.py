@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NoReturn, Unpack
 
-from snakeden import _commands, _progress
+from snakeden import _commands, _host_calls, _progress
 from snakeden._calls import Command
 from snakeden._channel import ChannelLost
 from snakeden._config import PoolOptions, make_config
@@ -22,6 +22,7 @@ from snakeden._errors import PoolClosed
 from snakeden._handle import Cause, WorkerHandle
 from snakeden._protocol import Kind, encode_frame, encode_header
 from snakeden._stats import PoolStats
+from snakeden._streams import Stream
 
 _UNSET: Any = object()
 
@@ -104,6 +105,16 @@ class Pool:
         """Wait until ``n`` workers (default: ``size``) are ready."""
         await self._running().wait_ready(n, timeout)
 
+    @classmethod
+    def _sharing(cls, core: PoolCore) -> Pool:
+        """A front on another front's core (``SyncPool`` routes calls to concurrent workers
+        through it, on the pool's loop)."""
+        front = cls.__new__(cls)
+        front.config = core.config
+        front._core = core
+        front._closed_by_caller = None
+        return front
+
     def _running(self) -> PoolCore:
         if self._core is None:
             raise PoolClosed("the pool is not started; use 'async with Pool(...)' or start()")
@@ -184,6 +195,34 @@ class Pool:
             if timer is not None:
                 timer.cancel()
             return core.finish_call(w, frame, name, batch=batch, waited=waited, t1=t1)
+
+    def stream(
+        self, cmd: Command, /, *args: Any, timeout: float | None = _UNSET, **kwargs: Any
+    ) -> Stream:
+        """Run a generator (or async generator) command and get its items as they come::
+
+            async for token in pool.stream("generate", prompt):
+                ...
+
+        The returned :class:`snakeden.Stream` is an async iterator and async context manager;
+        ``aclose()``, leaving ``async with``, dropping it, cancelling the reader, or
+        ``timeout`` (the whole stream's, default ``call_timeout``: :class:`CallTimeout`) stop
+        the generator in the worker. The worker runs at most ``stream_window`` items ahead of
+        the reader. An exception in the generator is raised where it happened, after the
+        items before it; a worker crash raises :class:`WorkerCrashed`; a worker that cannot
+        stream (its HELLO lacks ``"stream"``), :class:`FeatureNotSupported`."""
+        cmd, args = _commands.sendable(
+            cmd, args, pickle=self.config.serializer == "pickle", batch=False
+        )
+        core = self._running()
+        request = core.encode_call(cmd, args, kwargs, batch=False)
+        return Stream(core, request, self.config.call_timeout if timeout is _UNSET else timeout)
+
+    def register(self, name: str, fn: Callable[..., Any]) -> None:
+        """Make ``fn`` (sync or ``async def``) callable from worker code as
+        ``snakeden.context().call_host(name, ...)`` (like the ``host_functions`` option)."""
+        assert self.config.host_functions is not None  # make_config's dict
+        _host_calls.register(self.config.host_functions, name, fn)
 
     def _abandon(self, w: WorkerHandle, ident: int, waited: float, ran: float) -> None:
         """The caller was cancelled mid-call: tell the worker, reclaim it when it answers."""

@@ -48,6 +48,12 @@ class Kind(enum.IntEnum):
     PONG = 6  # worker -> host: reply to PING, same id (body: map of worker facts)
     CANCEL = 7  # host -> worker: the caller of request ``id`` gave up (body: empty)
     SHUTDOWN = 8  # host -> worker: finish and exit 0 (body: empty)
+    # Streams and host calls (docs/protocol.md section 6.6-6.7); only with the HELLO features.
+    STREAM_ITEM = 9  # worker -> host: the next item of a STREAM call (body: the item)
+    CREDIT = 10  # host -> worker: the stream call ``id`` may send n more items (body: n)
+    STREAM_END = 11  # worker -> host: the STREAM call ``id`` ended after its items (body: empty)
+    HOST_CALL = 12  # worker -> host: run a host function (body: [call id, name, args, kwargs])
+    HOST_REPLY = 13  # host -> worker: the answer to HOST_CALL ``id`` (body: [ok, value|error])
 
 
 class Flag(enum.IntFlag):
@@ -60,6 +66,9 @@ class Flag(enum.IntFlag):
     # CALL only: the body has a 4th element, a map of W3C Trace Context headers. Sent only to a
     # worker whose HELLO lists the "trace" feature (docs/protocol.md section 6.2).
     CONTEXT = 0x08
+    # CALL only: the caller wants the command's items as a stream (STREAM_ITEM ... STREAM_END)
+    # paced by CREDIT. Sent only to a worker whose HELLO lists the "stream" feature.
+    STREAM = 0x10
 
 
 # Plain ints for the hot paths: IntFlag arithmetic costs ~0.7us per operation.
@@ -67,12 +76,19 @@ PICKLE: Final = int(Flag.PICKLE)
 BY_REFERENCE: Final = int(Flag.BY_REFERENCE)
 BATCH: Final = int(Flag.BATCH)
 CONTEXT: Final = int(Flag.CONTEXT)
+STREAM: Final = int(Flag.STREAM)
 
 #: HELLO ``features`` value of a worker that accepts CONTEXT on its CALLs.
 FEATURE_TRACE: Final = "trace"
 #: HELLO ``features`` value of a worker that notes each call's id in the host's "begun" slot
 #: before it runs it (a local worker sharing ``/dev/shm`` with its host; see ``_shm``).
 FEATURE_BEGUN: Final = "begun"
+#: HELLO ``features`` value of a worker that streams (STREAM flag, STREAM_ITEM/CREDIT/STREAM_END).
+FEATURE_STREAM: Final = "stream"
+#: HELLO ``features`` value of a worker whose running calls see CANCEL (not only queued ones).
+FEATURE_CANCEL: Final = "cancel"
+#: HELLO ``features`` value of a worker whose commands may call host functions (HOST_CALL).
+FEATURE_HOST_CALL: Final = "host_call"
 
 
 class ProtocolViolation(Exception):
@@ -322,6 +338,7 @@ def hello_body(
     worker_id: str,
     codecs: list[str],
     features: list[str] | None = None,
+    concurrency: int = 1,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "protocol": PROTOCOL_VERSION,
@@ -333,6 +350,8 @@ def hello_body(
     }
     if features:  # left out when empty: the HELLO of a worker without them is unchanged
         body["features"] = features
+    if concurrency != 1:  # calls the worker serves at once; missing means 1
+        body["concurrency"] = concurrency
     return body
 
 

@@ -71,6 +71,9 @@ class PoolStats:
     start_failures: int
     checkout_wait: Percentiles
     call_latency: Percentiles
+    # Calls the in-service workers can take at once (one each, or their concurrency / the
+    # pipeline depth); ``in_flight`` of them are busy.
+    slots: int = 0
 
 
 class Counters:

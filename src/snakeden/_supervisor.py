@@ -75,6 +75,7 @@ class Supervisor:
         self.record = record
         self.worker_env = worker_env
         self.blocking = blocking  # the thread front reads its channels itself
+        self.on_host_call: Callable[[Channel, Frame], None] | None = None  # the pool's
         self.clock = config.clock
         self.ready_changed = asyncio.Event()
         self.drained = asyncio.Event()
@@ -241,6 +242,7 @@ class Supervisor:
             w.stderr.attach(self.loop, proc.stderr_fd)
         channel = Channel(proc.read_fd, proc.write_fd, self.config.max_frame_size)
         w.channel = channel
+        channel.on_host_call = self.on_host_call
         channel.attach(self.loop, lambda lost: self._on_channel_lost(w, lost))
         proc.on_exit(lambda _p: self.call_soon(self._on_exit, w))
         hello = channel.expect(0)
@@ -286,8 +288,8 @@ class Supervisor:
                 )
             else:
                 log.warning("worker %r serves no commands", self.config.target)
-        if self.blocking:
-            channel.detach()
+        if self.blocking and w.depth == 1:
+            channel.detach()  # else calls share it: the thread front routes them via the loop
 
     def _check_hello(self, w: WorkerHandle, frame: Frame) -> tuple[str, ...]:
         """Refuse a first frame that is not an acceptable HELLO; returns its ``features``."""
@@ -336,6 +338,15 @@ class Supervisor:
             tuple(f for f in listed if isinstance(f, str)) if isinstance(listed, list) else ()
         )
         w.takes_context = FEATURE_TRACE in features
+        w.features = frozenset(features)
+        concurrency = body.get("concurrency", 1)
+        if type(concurrency) is not int or concurrency < 1:
+            raise WorkerStartError(
+                f"worker {w.id} (pid {w.pid}) sent HELLO concurrency {concurrency!r}; it must be "
+                f"an int >= 1",
+                {w.id: "bad handshake"},
+            )
+        w.depth = max(self.checkout.depth, concurrency)
         return features
 
     def _break(self, cause: WorkerStartError) -> None:

@@ -24,16 +24,17 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NoReturn, Unpack
 
-from snakeden import _commands, _progress
+from snakeden import _commands, _host_calls, _progress
 from snakeden._calls import Command
 from snakeden._channel import ChannelLost
 from snakeden._config import PoolOptions, make_config
 from snakeden._core import PoolCore
 from snakeden._errors import PoolClosed, PoolSaturated
 from snakeden._handle import Cause
-from snakeden._pool import _UNSET, describe, refuse_in_host_script
+from snakeden._pool import _UNSET, Pool, describe, refuse_in_host_script
 from snakeden._protocol import Kind, encode_header
 from snakeden._stats import PoolStats
+from snakeden._sync_streams import BridgedStream, SyncStream
 
 _Item = tuple[cf.Future[Any], Command, tuple[Any, ...], dict[str, Any], bool, float]
 
@@ -121,6 +122,7 @@ class SyncPool(cf.Executor):
         )
         self._thread.start()
         self._core = PoolCore(self.config, self._loop, blocking=True)
+        self._aio = Pool._sharing(self._core)
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._dispatchers: list[threading.Thread] = []
         self._submitted = 0  # submitted and not yet picked up by a dispatcher
@@ -159,10 +161,15 @@ class SyncPool(cf.Executor):
         batch: bool = False,
         queue_timeout: float | None = _UNSET,
     ) -> Any:
+        core = self._core
+        if core.checkout.shared:
+            # Workers that take several calls at once share their channel, which the pool's
+            # loop reads: the call runs there, as the asyncio front runs it.
+            coro = self._aio.call_with(cmd, args, kwargs, timeout=timeout, batch=batch)
+            return self._run(_host_calls.as_nested(coro, _host_calls.inside()))
         cmd, args = _commands.sendable(
             cmd, args, pickle=self.config.serializer == "pickle", batch=batch
         )
-        core = self._core
         cfg = self.config
         name, flags, body = core.encode_call(cmd, args, kwargs, batch=batch)
         timeout = cfg.call_timeout if timeout is _UNSET else timeout
@@ -197,6 +204,28 @@ class SyncPool(cf.Executor):
                 core.release(w, None)
                 raise
             return core.finish_call(w, frame, name, batch=batch, waited=waited, t1=t1)
+
+    def stream(
+        self, cmd: Command, /, *args: Any, timeout: float | None = _UNSET, **kwargs: Any
+    ) -> SyncStream | BridgedStream:
+        """Run a generator command and iterate over its items as they come, from this thread.
+
+        Same semantics as :meth:`snakeden.Pool.stream`; the iterator's ``close()`` (or leaving
+        ``with``, or dropping it) stops the generator in the worker."""
+        core = self._core
+        if core.checkout.shared:
+            return BridgedStream(
+                self._aio.stream(cmd, *args, timeout=timeout, **kwargs), self._loop
+            )
+        cmd, args = _commands.sendable(
+            cmd, args, pickle=self.config.serializer == "pickle", batch=False
+        )
+        request = core.encode_call(cmd, args, kwargs, batch=False)
+        return SyncStream(core, request, self.config.call_timeout if timeout is _UNSET else timeout)
+
+    def register(self, name: str, fn: Callable[..., Any]) -> None:
+        """Same as :meth:`snakeden.Pool.register`."""
+        self._aio.register(name, fn)
 
     # --- Executor -----------------------------------------------------------------------------
 

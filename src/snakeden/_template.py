@@ -443,12 +443,12 @@ def thread_warning() -> str | None:
 
 
 def template_main(argv: list[str]) -> int:
-    from snakeden import _worker_tracing, worker
+    from snakeden import _worker_os, _worker_tracing, worker
 
     sock = socket.socket(fileno=int(os.environ["SNAKEDEN_TEMPLATE_FD"]))
     os.set_inheritable(sock.fileno(), False)
     host = os.environ.get("SNAKEDEN_HOST_PID")
-    worker.die_with_parent(int(host) if host else None)
+    _worker_os.die_with_parent(int(host) if host else None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     worker.adopt_host_path()  # before any import; forked workers inherit the result
     target = next((a for a in argv if not a.startswith("--")), "") or None
@@ -555,7 +555,7 @@ def _fork_worker(  # noqa: PLR0917
     target: str | None,
     loaded: Any,
 ) -> int:
-    from snakeden import worker
+    from snakeden import _worker_logging, _worker_os, worker
 
     template_pid = os.getpid()
     try:
@@ -582,10 +582,10 @@ def _fork_worker(  # noqa: PLR0917
         os.close(out_fd)
         os.close(err_fd)
         worker_id = str(msg["worker_id"])
-        os.environ[worker.LOG_LEVEL_ENV] = str(msg.get("log_level", logging.WARNING))
+        os.environ[_worker_logging.LOG_LEVEL_ENV] = str(msg.get("log_level", logging.WARNING))
         os.environ["SNAKEDEN_WORKER_ID"] = worker_id
         os.environ["SNAKEDEN_FDS"] = f"{rfd},{wfd}"
-        worker.die_with_parent(template_pid)
+        _worker_os.die_with_parent(template_pid)
         worker.prepare_process()
         code = worker.serve(
             target,

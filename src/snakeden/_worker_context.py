@@ -10,15 +10,19 @@ sync command on). The context carries:
 * ``call_host(name, ...)`` / ``acall_host(name, ...)``: call a function the host registered;
 * ``session``: the state of the session the call belongs to, or ``None`` outside a session.
 
-The worker runtime makes one :class:`CallContext` per call and sets it around the command.
+The worker runtime makes one :class:`CallContext` per call and sets it around the command (for
+a plain sync call on the single-call fast path, only when the command first asks for it).
+
+Rules for host calls: ``call_host`` blocks the calling thread, so an ``async def`` command uses
+``await acall_host(...)`` (``call_host`` on the worker's event loop raises ``RuntimeError``).
 """
 
 from __future__ import annotations
 
 import contextvars
 import threading
-from collections.abc import MutableMapping
-from typing import Any
+from collections.abc import Callable, MutableMapping
+from typing import Any, Protocol
 
 _current: contextvars.ContextVar[CallContext] = contextvars.ContextVar("snakeden_call")
 
@@ -31,10 +35,20 @@ class CallCancelled(Exception):
     """
 
 
+class HostLink(Protocol):
+    """What the worker runtime gives a context: the channel, seen from one call."""
+
+    def poll(self, ctx: CallContext) -> None: ...
+
+    def call_host(self, ctx: CallContext, name: str, args: Any, kwargs: Any) -> Any: ...
+
+    async def acall_host(self, ctx: CallContext, name: str, args: Any, kwargs: Any) -> Any: ...
+
+
 class CallContext:
     """One call's view of itself, inside the worker. Made by the worker runtime only."""
 
-    __slots__ = ("_cancel", "_host", "call_id", "command", "session")
+    __slots__ = ("_cancel", "_flags", "_host", "call_id", "command", "session")
 
     def __init__(
         self,
@@ -42,13 +56,15 @@ class CallContext:
         command: str,
         *,
         session: MutableMapping[str, Any] | None = None,
-        host: Any = None,
+        host: HostLink | None = None,
+        flags: int = 0,
     ) -> None:
         self.call_id = call_id
         self.command = command
         self.session = session
         self._cancel = threading.Event()
         self._host = host  # the runtime's host-call client (None: host calls not offered)
+        self._flags = flags  # the call's codec bit: host calls travel in the same codec
 
     def __repr__(self) -> str:
         state = "cancelled" if self._cancel.is_set() else "running"
@@ -57,17 +73,35 @@ class CallContext:
     @property
     def cancelled(self) -> bool:
         """True once the host has cancelled this call."""
+        if not self._cancel.is_set() and self._host is not None:
+            self._host.poll(self)  # a single-threaded worker reads the channel only when asked
         return self._cancel.is_set()
 
     def check_cancelled(self) -> None:
         """Raise :class:`CallCancelled` if the host has cancelled this call; a sync command that
         runs long should call it between steps."""
-        if self._cancel.is_set():
+        if self.cancelled:
             raise CallCancelled(f"call {self.call_id} ({self.command!r}) was cancelled by the host")
 
     def mark_cancelled(self) -> None:
         """The runtime's side: the host sent CANCEL for this call."""
         self._cancel.set()
+
+    def call_host(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
+        """Run the host function registered as ``name`` (``Pool(host_functions=...)``) with
+        these arguments, in the host, and return its result; its exception is raised here
+        (builtin types as themselves, e.g. ``KeyError``; others as ``RemoteError``). Blocks this
+        thread: from an ``async def`` command use :meth:`acall_host`."""
+        return self._link().call_host(self, name, list(args), kwargs)
+
+    async def acall_host(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
+        """:meth:`call_host` for ``async def`` commands: awaits the host's answer."""
+        return await self._link().acall_host(self, name, list(args), kwargs)
+
+    def _link(self) -> HostLink:
+        if self._host is None:
+            raise RuntimeError("this worker runtime offers no host calls")
+        return self._host
 
 
 def context() -> CallContext:
@@ -79,10 +113,18 @@ def context() -> CallContext:
     try:
         return _current.get()
     except LookupError:
+        made = fallback() if fallback is not None else None
+        if made is not None:
+            return made
         raise LookupError(
             "snakeden.context() is only available inside a command running in a worker "
             "(threads a command starts need contextvars.copy_context() to see it)"
         ) from None
+
+
+#: The single-call runtime's maker of the running call's context, on demand: the fast path sets
+#: no context variable (it would cost every call), it only notes which call runs.
+fallback: Callable[[], CallContext | None] | None = None
 
 
 def enter(ctx: CallContext) -> contextvars.Token[CallContext]:

@@ -10,30 +10,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import faulthandler
 import inspect
 import json
-import logging
 import os
 import signal
 import sys
+import threading
 import traceback
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from snakeden import _commands, _shm
+from snakeden import _commands, _shm, _worker_context, _worker_streams
 from snakeden import _worker_tracing as _tracing
-from snakeden._output import log_line
 from snakeden._protocol import (
     BATCH,
     BY_REFERENCE,
     CONTEXT,
     DEFAULT_MAX_FRAME_SIZE,
     FEATURE_BEGUN,
+    FEATURE_CANCEL,
+    FEATURE_HOST_CALL,
+    FEATURE_STREAM,
     FEATURE_TRACE,
     HEADER_SIZE,
     PICKLE,
+    STREAM,
     Frame,
     FrameDecoder,
     Kind,
@@ -55,49 +58,20 @@ from snakeden._worker_bodies import (
     _shape_problem,
     _text,
 )
+from snakeden._worker_context import CallCancelled, CallContext
+from snakeden._worker_logging import route_logging
+from snakeden._worker_os import (
+    EXIT_PROTOCOL_ERROR,
+    EXIT_STARTUP_FAILED,
+    die_with_parent,
+    enlarge_pipe,
+    write_all,
+)
+from snakeden._worker_runtime import Concurrent, Link
 
 __all__ = ["main", "serve"]
 
-_PR_SET_PDEATHSIG = 1
 _READ_SIZE = 1 << 20
-EXIT_STARTUP_FAILED = 3
-EXIT_PROTOCOL_ERROR = 4
-
-
-def write_all(fd: int, header: bytes, body: bytes | memoryview = b"") -> None:
-    """Write header and body with as few syscalls (and copies) as the kernel allows."""
-    if len(body) < 65536:
-        data = memoryview(header + bytes(body))
-        while data:
-            data = data[os.write(fd, data) :]
-        return
-    views = [memoryview(header), memoryview(body)]
-    while views:
-        n = os.writev(fd, views)
-        while views and n >= len(views[0]):
-            n -= len(views[0])
-            views.pop(0)
-        if views and n:
-            views[0] = views[0][n:]
-
-
-def die_with_parent(expected_parent: int | None) -> None:
-    """Ask Linux to SIGKILL us when our parent dies, then close the race where it already has."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if expected_parent is not None and os.getppid() != expected_parent:
-        os._exit(EXIT_STARTUP_FAILED)
-
-
-def enlarge_pipe(fd: int, size: int = 1 << 20) -> None:
-    """Grow a pipe's buffer (Linux F_SETPIPE_SZ); large frames then need fewer wake-ups."""
-    if sys.platform.startswith("linux"):
-        import fcntl
-
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(fd, 1031, size)
 
 
 class _Server:
@@ -115,7 +89,19 @@ class _Server:
         self.commands = commands
         self.max_frame_size = max_frame_size
         self.calls = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.decoder = FrameDecoder(max_frame_size)
+        self.buf = bytearray(_READ_SIZE)
+        self.view = memoryview(self.buf)
+        # Frames read while a call ran (by its Link) that the serving loop handles next, in
+        # order; None: end of file.
+        self.backlog: deque[Frame | None] = deque()
+        self.wlock: threading.Lock | None = None  # the concurrent runtime's writers share it
+        self.current = 0  # the call running on the single-call path, and its command
+        self.current_name = ""
+        self.current_flags = 0
+        self.concurrency = 1  # snakeden.concurrency(n) of the module: n > 1 runs Concurrent
+        self.begin: Callable[[int, str], None] = self._begin
         threshold = os.environ.get("SNAKEDEN_SHM_THRESHOLD")
         self.shm_threshold = int(threshold) if threshold else None
         self.run_tag = os.environ.get("SNAKEDEN_RUN_TAG", "")
@@ -126,9 +112,31 @@ class _Server:
             if self.run_tag and worker_id
             else None
         )
+        self.link = Link(self)
+        _worker_context.fallback = self._current_context
 
     def send(self, kind: int, ident: int, body: bytes, flags: int = 0) -> None:
-        write_all(self.wfd, encode_header(kind, ident, len(body), flags), body)
+        if self.wlock is None:
+            write_all(self.wfd, encode_header(kind, ident, len(body), flags), body)
+            return
+        with self.wlock:
+            write_all(self.wfd, encode_header(kind, ident, len(body), flags), body)
+
+    def send_raw(self, data: bytes) -> None:
+        if self.wlock is None:
+            write_all(self.wfd, data)
+            return
+        with self.wlock:
+            write_all(self.wfd, data)
+
+    def _begin(self, ident: int, name: str) -> None:
+        self.current, self.current_name = ident, name
+
+    def _current_context(self) -> CallContext | None:
+        """``snakeden.context()`` in a call on the single-call path: made when first asked."""
+        if not self.current:
+            return None
+        return self.link.context(self.current, self.current_name, self.current_flags)
 
     def send_error(self, ident: int, flags: int, **fields: Any) -> None:
         self.send_error_body(ident, flags, error_body(**fields))
@@ -148,31 +156,43 @@ class _Server:
         self.send(Kind.ERROR, ident, data, flags)
 
     def run(self) -> int:
-        decoder = FrameDecoder(self.max_frame_size)
-        buf = bytearray(_READ_SIZE)
-        view = memoryview(buf)
+        if self.concurrency > 1:
+            return Concurrent(self, self.concurrency).serve()
+        decoder = self.decoder
+        buf = self.buf
+        view = self.view
+        backlog = self.backlog
         while True:
-            n = os.readv(self.rfd, [buf])
-            if n == 0:
-                return 0  # the host closed the channel: it is gone or wants us gone
-            try:
-                frames = decoder.feed(view[:n])
-            except ProtocolViolation as exc:
-                print(f"snakeden worker: bad frame from host: {exc}", file=sys.stderr)
-                return EXIT_PROTOCOL_ERROR
-            for frame in frames:
+            if not backlog:
+                n = os.readv(self.rfd, [buf])
+                if n == 0:
+                    return 0  # the host closed the channel: it is gone or wants us gone
+                try:
+                    backlog.extend(decoder.feed(view[:n]))
+                except ProtocolViolation as exc:
+                    print(f"snakeden worker: bad frame from host: {exc}", file=sys.stderr)
+                    return EXIT_PROTOCOL_ERROR
+            while backlog:
+                frame = backlog.popleft()
+                if frame is None:
+                    return 0  # end of file, read while a call ran
                 if frame.kind == Kind.CALL:
                     if self.begun is not None:
                         self.begun[0] = frame.id  # before anything of the call can happen
+                    self.current_flags = frame.flags
                     self.handle_call(frame)
+                    self.current = 0
+                    if self.link.calls:
+                        self.link.calls.clear()  # the call asked for its context: done with it
                 elif frame.kind == Kind.PING:
                     pong = {"pid": os.getpid(), "calls": self.calls}
                     self.send(Kind.PONG, frame.id, encode_body(pong))
                 elif frame.kind == Kind.SHUTDOWN:
                     return 0
-                elif frame.kind == Kind.CANCEL:
-                    # Calls run one at a time, so by the time we read a CANCEL its call has
-                    # finished and been answered; the host discards that answer.
+                elif frame.kind in _LATE:
+                    # Calls run one at a time, so by the time we read a CANCEL, CREDIT or
+                    # HOST_REPLY here its call has finished and been answered (a running call
+                    # reads its own through its Link); the host discards that answer.
                     continue
                 else:
                     print(f"snakeden worker: unknown frame kind {frame.kind}", file=sys.stderr)
@@ -228,6 +248,10 @@ class _Server:
             )
             return
         self.calls += 1
+        self.begin(frame.id, name)
+        if frame.flags & STREAM:
+            _worker_streams.run_stream(self, frame.id, flags, fn, args, kwargs)
+            return
         if context is not None:
             self._run_traced(frame, flags, fn, name, args, kwargs, context)
             return
@@ -332,9 +356,8 @@ class _Server:
         return exc
 
     def _await(self, awaitable: Any) -> Any:
-        if self._loop is None:
-            self._loop = asyncio.new_event_loop()
-        return self._loop.run_until_complete(awaitable)
+        ident = _current_id() if self.link.threaded else self.current
+        return self.link.run_async(awaitable, ident)
 
     def _exception_body(self, exc: BaseException, flags: int) -> dict[str, Any]:
         # Cut what could make the ERROR frame itself too large: the host would then kill a
@@ -345,6 +368,8 @@ class _Server:
         message = _clip(_text(exc), budget)
         if isinstance(exc, _BadCall):
             return error_body(kind="bad_call", type_name="TypeError", message=message)
+        if isinstance(exc, asyncio.CancelledError | CallCancelled):
+            return error_body(kind="cancelled", type_name=type(exc).__name__, message=message)
         if isinstance(exc, SystemExit):
             message = f"exit code {exc.code!r}"
         tb = _clip_head(_text("".join(traceback.format_exception(exc))), budget)
@@ -378,7 +403,8 @@ class _Server:
                 flags,
                 kind="encode",
                 type_name=type(exc).__name__,
-                message=(
+                message=_streams_hint(result, name)
+                or (
                     f"the result of {name!r} (a {type(result).__name__}) could not be sent "
                     f"with {codec}: {type(exc).__name__}: {_text(exc)}. Return plain data "
                     f"(None, bool, int, float, str, bytes, list, tuple, dict), use "
@@ -391,6 +417,19 @@ class _Server:
 
 class _BadCall(Exception):
     pass
+
+
+_LATE = (Kind.CANCEL, Kind.CREDIT, Kind.HOST_REPLY)
+
+
+def _streams_hint(result: Any, name: str) -> str | None:
+    if inspect.isgenerator(result) or inspect.isasyncgen(result):
+        return f"{name!r} is a generator: call it with pool.stream() to get its items"
+    return None
+
+
+def _current_id() -> int:
+    return _worker_context._current.get().call_id
 
 
 def serve(
@@ -435,6 +474,7 @@ def serve(
         return EXIT_STARTUP_FAILED
     route_logging()
     server = _Server(rfd, wfd, commands, max_frame_size, worker_id)
+    server.concurrency = _commands.declared_concurrency()
     # Advertised only where OpenTelemetry can be imported: a host never sends a context to a
     # worker that would have to ignore it.
     traced = _tracing.available()
@@ -449,7 +489,11 @@ def serve(
         features=[
             *([FEATURE_TRACE] if traced else []),
             *([FEATURE_BEGUN] if server.begun is not None else []),
+            FEATURE_STREAM,
+            FEATURE_CANCEL,
+            FEATURE_HOST_CALL,
         ],
+        concurrency=server.concurrency,
     )
     try:
         server.send(Kind.HELLO, 0, encode_body(hello))
@@ -458,10 +502,10 @@ def serve(
         return 0  # the host closed its end of the channel: like EOF, nobody is left to answer
     finally:
         _tracing.flush()
-        if server._loop is not None:
+        if server.loop is not None:
             # Closed here, not by the garbage collector at exit, which may run it after the
             # fds it watches are gone and print a traceback nobody asked for.
-            server._loop.close()
+            server.loop.close()
 
 
 def adopt_host_path() -> None:
@@ -493,57 +537,6 @@ def import_target(target: str) -> tuple[Any, Any]:
             f"{found}",
             name=exc.name,
         ) from None
-
-
-LOG_LEVEL_ENV = "SNAKEDEN_LOG_LEVEL"
-
-
-class _HostLogHandler(logging.Handler):
-    """Writes each record to stderr as one marked line that the host re-logs at the record's
-    level (``_output.log_line``), instead of plain text the host could only log as WARNING."""
-
-    def __init__(self, stream: Any) -> None:
-        super().__init__()
-        self.stream = stream
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            line = log_line(record.levelno, record.name, self.format(record))
-            self.stream.write(line + "\n")
-            self.stream.flush()
-        except Exception:
-            self.handleError(record)
-
-
-def route_logging() -> None:
-    """Send the worker's ``logging`` records to the host with their levels.
-
-    Runs after the module's import and set-up, so it sees their configuration: a root handler
-    writing to stderr (``logging.basicConfig()``) is swapped for the marked one, keeping its
-    level and filters; a root logger nobody configured gets the marked handler and the level the
-    host keeps for ``snakeden.worker`` (``SNAKEDEN_LOG_LEVEL``). Other handlers (files, sockets)
-    are the module's business and stay.
-    """
-    root = logging.getLogger()
-    if any(isinstance(h, _HostLogHandler) for h in root.handlers):
-        return  # routed already: never twice, or each record would reach the host twice
-    if not root.handlers:
-        root.addHandler(_HostLogHandler(sys.stderr))
-        with contextlib.suppress(ValueError):
-            root.setLevel(int(os.environ.get(LOG_LEVEL_ENV, logging.WARNING)))
-        return
-    for handler in list(root.handlers):
-        if (
-            type(handler) is logging.StreamHandler
-            and handler.stream is not None
-            and handler.stream in (sys.stderr, sys.__stderr__)
-        ):
-            marked = _HostLogHandler(handler.stream)
-            marked.setLevel(handler.level)
-            for f in handler.filters:
-                marked.addFilter(f)
-            root.removeHandler(handler)
-            root.addHandler(marked)
 
 
 def prepare_process() -> None:
