@@ -24,6 +24,7 @@ from typing import Any
 
 from snakeden import _commands, _shm, _worker_context, _worker_streams
 from snakeden import _worker_tracing as _tracing
+from snakeden._errors import RemoteError
 from snakeden._protocol import (
     BATCH,
     BY_REFERENCE,
@@ -374,6 +375,8 @@ class _Server:
             message = f"exit code {exc.code!r}"
         tb = _clip_head(_text("".join(traceback.format_exception(exc))), budget)
         cls = type(exc)
+        if issubclass(cls, RemoteError) and len(cls.__bases__) == 2:
+            cls = cls.__bases__[1]  # a host function's error, passed on: report its own class
         small = budget // 2
         args = _constructor_args(exc)
         state = getattr(exc, "__dict__", None) or {}

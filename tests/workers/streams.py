@@ -60,21 +60,9 @@ async def aendless(path: str | None = None) -> AsyncIterator[int]:
 
 
 @snakeden.command
-def produced() -> int:
-    """How many items ``blobs`` has produced so far (from another process's view: a file)."""
-    return _produced
-
-
-_produced = 0
-
-
-@snakeden.command
-def blobs(n: int, size: int) -> Iterator[bytes]:
-    global _produced
-    _produced = 0
+def zeros(n: int, size: int) -> Iterator[bytes]:
     for _ in range(n):
-        _produced += 1
-        yield os.urandom(size)
+        yield bytes(size)
 
 
 @snakeden.command

@@ -65,8 +65,11 @@ def crash() -> None:
 
 
 @snakeden.command
-def slow_poll() -> str:
+def slow_poll(path: str | None = None) -> str:
     ctx = snakeden.context()
+    if path:
+        with open(path, "w") as f:  # a fifo the test waits on (tests/rendezvous.py)
+            f.write("x")
     while not ctx.cancelled:
         time.sleep(0.01)  # the workload: waits for the host's CANCEL
     return "stopped"
