@@ -14,6 +14,10 @@ EXAMPLES = {
     "executor_dropin.py": ["999,999,999,989 is prime: True", "1/0 failed:", "ZeroDivisionError"],
     "asyncio_service.py": ["'I love this' -> positive +2.0", "4 predictions on 2 workers"],
     "crash_and_timeout.py": ["(SIGSEGV)", "CallTimeout", "6 of 6 succeeded", "still serves"],
+    "streaming.py": ["streamed 5 tokens: the quick brown fox jumps", "stopped after 3", "three"],
+    "cancellation.py": ["cancelled at its await", "saw the flag", "serves on: 6"],
+    "concurrency.py": ["8 calls, all in flight at once on 1 worker", "slots: 8"],
+    "host_callbacks.py": ["no price for 'kiwi', skipped", "basket total: 8"],
 }
 
 

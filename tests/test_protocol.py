@@ -12,6 +12,7 @@ import collections
 import enum
 import itertools
 import math
+import pathlib
 import pickle
 import struct
 from collections.abc import Iterable, Sequence
@@ -229,6 +230,37 @@ def test_documented_example_bytes() -> None:
     assert encode_frame(Kind.SHUTDOWN) == h("00 00 00 06  08  00  00 00 00 00")
     assert encode_frame(Kind.PONG, 7, encode_body({"pid": 4242, "calls": 0})) == h(
         "00 00 00 15  06  00  00 00 00 07  82 a3 70 69 64 cd 10 92 a5 63 61 6c 6c 73 00"
+    )
+
+
+def test_documented_stream_and_host_call_bytes() -> None:
+    # docs/protocol.md sections 6.6-6.8, written the same way. Change both together.
+    doc = (pathlib.Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
+    cases = [
+        (
+            encode_frame(Kind.CALL, 1, encode_body(["count", [3], {}]), Flag.STREAM),
+            "00 00 00 10 02 10 00 00 00 01 93 a5 63 6f 75 6e 74 91 03 80",
+        ),
+        (encode_frame(Kind.CREDIT, 1, encode_body(64)), "00 00 00 07 0a 00 00 00 00 01 40"),
+        (encode_frame(Kind.STREAM_ITEM, 1, encode_body(0)), "00 00 00 07 09 00 00 00 00 01 00"),
+        (encode_frame(Kind.STREAM_END, 1), "00 00 00 06 0b 00 00 00 00 01"),
+        (
+            encode_frame(Kind.HOST_CALL, 1, encode_body([5, "add", [2, 3], {}])),
+            "00 00 00 10 0c 00 00 00 00 01 94 05 a3\n61 64 64 92 02 03 80",
+        ),
+        (
+            encode_frame(Kind.HOST_REPLY, 1, encode_body([True, 5])),
+            "00 00 00 09 0d 00 00 00 00 01 92 c3 05",
+        ),
+        (encode_body({"concurrency": 4}), "81 ab 63 6f 6e 63 75 72 72 65 6e 63 79\n04"),
+    ]
+    for data, text in cases:
+        assert data == bytes.fromhex(text.replace("\n", " ")), text
+        assert text in doc, f"docs/protocol.md lost {text!r}"
+    hello = hello_body(pid=1, runtime="r", commands=[], worker_id="w", codecs=[], concurrency=4)
+    assert hello["concurrency"] == 4
+    assert "concurrency" not in hello_body(
+        pid=1, runtime="r", commands=[], worker_id="w", codecs=[]
     )
 
 
