@@ -15,7 +15,16 @@ from typing import Any, Final, Literal
 import psutil
 
 #: Every scenario, in the order they run and are reported.
-SCENARIOS: Final = ("latency", "throughput", "payload", "coldstart", "kill", "hang", "memory")
+SCENARIOS: Final = (
+    "latency",
+    "throughput",
+    "payload",
+    "coldstart",
+    "kill",
+    "hang",
+    "memory",
+    "stream",
+)
 
 #: The worker module snakeden pools load, and what the cold-start workers import at start-up.
 WORKER_MODULE: Final = "snakeden._bench.workers"
@@ -63,6 +72,7 @@ class Settings:
     hang_sleep_s: int = 10
     memory_size: int = 4
     measure_timeout_s: float = 300.0  # hard limit on one measurement process
+    stream_items: int = 100_000  # items per stream (the stream scenario)
 
     @classmethod
     def for_mode(cls, mode: Mode) -> Settings:
@@ -75,6 +85,7 @@ class Settings:
                 "kill": 3,
                 "hang": 3,
                 "memory": 2,
+                "stream": 3,
             }
             return cls(mode=mode, reps=reps)
         if mode == "short":
@@ -93,6 +104,7 @@ class Settings:
                 hang_sleep_s=5,
                 memory_size=2,
                 measure_timeout_s=120.0,
+                stream_items=20_000,
             )
         return cls(
             mode=mode,
@@ -109,6 +121,7 @@ class Settings:
             hang_sleep_s=3,
             memory_size=1,
             measure_timeout_s=60.0,
+            stream_items=1_000,
         )
 
     def with_reps(self, reps: int) -> Settings:

@@ -291,6 +291,10 @@ def pump(children: list[PipeChild], per_child: int, body: bytes) -> None:
 
 
 def run(contender: str, scenario: str, variant: str | None, s: Settings, ctx: Context) -> Outcome:
+    if scenario == "stream":
+        from snakeden._bench import _stream
+
+        return _stream.floor(s)
     if contender == "floor-c":
         if ctx.c_echo is None:
             raise NotApplicable("the C floor was not compiled")

@@ -13,7 +13,7 @@ from snakeden._bench._common import SCENARIOS, Context, Outcome, Settings
 Kind = Literal["floor", "snakeden", "peer"]
 Runner = Callable[[str, str, "str | None", Settings, Context], Outcome]
 
-_ALL = frozenset(SCENARIOS)
+_ALL = frozenset(SCENARIOS) - {"stream"}  # streams: snakeden and its floor only
 _FAST = frozenset({"latency", "throughput", "payload"})
 
 
@@ -58,7 +58,7 @@ CONTENDERS: tuple[Contender, ...] = (
         "floor-py",
         "floor: Python pipe echo",
         "floor",
-        _FAST | {"coldstart", "memory"},
+        _FAST | {"coldstart", "memory", "stream"},
         runner="snakeden._bench._floor:run",
         why_not="a raw pipe has no pool to recover or time out",
     ),
@@ -75,14 +75,14 @@ CONTENDERS: tuple[Contender, ...] = (
         "snakeden-async",
         "snakeden Pool (asyncio)",
         "snakeden",
-        _ALL,
+        _ALL | {"stream"},
         runner="snakeden._bench._snakeden:run_async",
     ),
     Contender(
         "snakeden-sync",
         "snakeden SyncPool",
         "snakeden",
-        _ALL,
+        _ALL | {"stream"},
         runner="snakeden._bench._snakeden:run_sync",
     ),
     Contender(

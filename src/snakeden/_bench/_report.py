@@ -229,6 +229,24 @@ def metrics(s: Settings) -> list[Metric]:
             "lower",
             pooled_median("support_uss_mib"),
         ),
+        Metric(
+            "stream",
+            "stream.one",
+            "one stream",
+            "items/s",
+            "higher",
+            pooled_median("stream_items_per_s"),
+            ("floor-py",),
+        ),
+        Metric(
+            "stream",
+            "stream.eight",
+            "eight streams in parallel",
+            "items/s",
+            "higher",
+            pooled_median("stream8_items_per_s"),
+            ("floor-py",),
+        ),
     ]
     return out
 
@@ -249,6 +267,10 @@ def scenario_title(scenario: str, s: Settings) -> str:
             f"pool of {s.size} (times from the call)"
         ),
         "memory": f"Memory: pool of {s.memory_size} with numpy loaded",
+        "stream": (
+            f"Streams: a generator command's {s.stream_items:,} small ints, read as they come "
+            "(snakeden and its floor only)"
+        ),
     }[scenario]
 
 

@@ -87,6 +87,10 @@ class SnakedenSyncHandle(SyncHandle):
 def run_sync(
     contender: str, scenario: str, variant: str | None, s: Settings, ctx: Context
 ) -> Outcome:
+    if scenario == "stream":
+        from snakeden._bench import _stream
+
+        return _stream.run_sync(s)
     return run_scenario(SnakedenSyncHandle, scenario, variant, s, ctx)
 
 
@@ -94,6 +98,10 @@ def run_sync(
 def run_async(
     contender: str, scenario: str, variant: str | None, s: Settings, ctx: Context
 ) -> Outcome:
+    if scenario == "stream":
+        from snakeden._bench import _stream
+
+        return asyncio.run(_stream.run_async(s))
     return asyncio.run(_run_async(scenario, variant, s, ctx))
 
 

@@ -6,6 +6,7 @@ Imported in every snakeden worker (``Pool("snakeden._bench.workers", ...)``), ne
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import snakeden
@@ -15,6 +16,11 @@ from snakeden._bench import peer_tasks as _tasks
 @snakeden.command
 def echo(x: Any) -> Any:
     return x
+
+
+@snakeden.command
+def count(n: int) -> Iterator[int]:
+    yield from range(n)
 
 
 @snakeden.command
