@@ -37,6 +37,8 @@ from snakeden._protocol import Frame, FrameDecoder, Kind, ProtocolViolation
 _READ_SIZE = 256 * 1024
 
 
+_HOST_CALL = int(Kind.HOST_CALL)  # a plain int: an IntEnum attribute costs on every frame
+
 # Replies that arrived for a caller already cancelled, kept for the abandon path to claim.
 _MAX_UNCLAIMED = 1024
 
@@ -229,7 +231,7 @@ class Channel:
         ends = self._ends
         streams = self._streams
         for frame in frames:
-            if frame.kind == Kind.HOST_CALL:
+            if frame.kind == _HOST_CALL:
                 self._host_call(frame)
                 continue
             if streams:
@@ -330,7 +332,7 @@ class Channel:
         rq = self._rq
         while rq:  # read with an earlier frame (a stream's items come many per read)
             frame = rq.popleft()
-            if frame.kind == Kind.HOST_CALL:
+            if frame.kind == _HOST_CALL:
                 self._host_call(frame)
             elif frame.id == ident:
                 return frame
@@ -355,7 +357,7 @@ class Channel:
             # One lease, one request at a time: any other id is a late reply to a request
             # whose caller gave up, and is dropped.
             for i, frame in enumerate(frames):
-                if frame.kind == Kind.HOST_CALL:
+                if frame.kind == _HOST_CALL:
                     self._host_call(frame)  # runs the host function on this thread
                 elif frame.id == ident:
                     if i + 1 < len(frames):

@@ -44,7 +44,7 @@ from snakeden._protocol import (
     encode_body,
     encode_frame,
 )
-from snakeden._worker_context import CallCancelled, CallContext, _current, enter, leave
+from snakeden._worker_context import CallCancelled, CallContext, enter, leave
 from snakeden._worker_os import EXIT_PROTOCOL_ERROR
 
 if TYPE_CHECKING:
@@ -356,7 +356,7 @@ class Concurrent:
         link.threaded = True
         link.sink = self.dispatch
         server.wlock = threading.Lock()
-        server.begin = _begin_threaded
+        server.threaded = True
         self.done = loop.create_future()
         for i in range(self.n):
             # Daemon threads: a command stuck in C must not keep the process alive once the
@@ -429,7 +429,3 @@ class Concurrent:
         assert self.done is not None
         if self.closing and self.running == 0 and not self.done.done():
             self.done.set_result(0)
-
-
-def _begin_threaded(ident: int, name: str) -> None:
-    _current.get().command = name

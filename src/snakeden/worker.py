@@ -102,7 +102,7 @@ class _Server:
         self.current_name = ""
         self.current_flags = 0
         self.concurrency = 1  # snakeden.concurrency(n) of the module: n > 1 runs Concurrent
-        self.begin: Callable[[int, str], None] = self._begin
+        self.threaded = False  # the concurrent runtime: calls run on threads
         threshold = os.environ.get("SNAKEDEN_SHM_THRESHOLD")
         self.shm_threshold = int(threshold) if threshold else None
         self.run_tag = os.environ.get("SNAKEDEN_RUN_TAG", "")
@@ -129,9 +129,6 @@ class _Server:
             return
         with self.wlock:
             write_all(self.wfd, data)
-
-    def _begin(self, ident: int, name: str) -> None:
-        self.current, self.current_name = ident, name
 
     def _current_context(self) -> CallContext | None:
         """``snakeden.context()`` in a call on the single-call path: made when first asked."""
@@ -163,6 +160,7 @@ class _Server:
         buf = self.buf
         view = self.view
         backlog = self.backlog
+        contexts = self.link.calls
         while True:
             if not backlog:
                 n = os.readv(self.rfd, [buf])
@@ -180,11 +178,12 @@ class _Server:
                 if frame.kind == Kind.CALL:
                     if self.begun is not None:
                         self.begun[0] = frame.id  # before anything of the call can happen
+                    self.current = frame.id
                     self.current_flags = frame.flags
                     self.handle_call(frame)
                     self.current = 0
-                    if self.link.calls:
-                        self.link.calls.clear()  # the call asked for its context: done with it
+                    if contexts:
+                        contexts.clear()  # the call asked for its context: done with it
                 elif frame.kind == Kind.PING:
                     pong = {"pid": os.getpid(), "calls": self.calls}
                     self.send(Kind.PONG, frame.id, encode_body(pong))
@@ -249,7 +248,9 @@ class _Server:
             )
             return
         self.calls += 1
-        self.begin(frame.id, name)
+        self.current_name = name  # for snakeden.context(), made on demand
+        if self.threaded:
+            _worker_context._current.get().command = name
         if frame.flags & STREAM:
             _worker_streams.run_stream(self, frame.id, flags, fn, args, kwargs)
             return
