@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 from snakeden._protocol import Kind, check_frame_size, encode_body, error_body
 from snakeden._worker_bodies import _text
 from snakeden._worker_context import CallCancelled, CallContext
+from snakeden._worker_runtime import Gate
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from snakeden._worker_runtime import Gate
     from snakeden.worker import _Server
 
 
@@ -39,7 +39,9 @@ def run_stream(  # noqa: PLR0917 - handle_call's locals, passed on as they are
     kwargs: Any,
 ) -> None:
     link = server.link
-    gate = link.gate(ident)  # first: the CREDIT read with the CALL is applied to it
+    # The gate first, so that the CANCEL and CREDIT read with the CALL, applied when the
+    # context is made, find both.
+    gate = link.gates.setdefault(ident, Gate())
     ctx = link.context(ident, server.current_name, flags)
     name = ctx.command or server.current_name
     try:

@@ -402,6 +402,21 @@ def run_kit(
 
             record(vec["name"], run_vector, skipped)
 
+        features = hello.get("features") or []
+        for vec in vectors.get("features", []):
+            skipped = (
+                None
+                if vec["feature"] in features
+                else f"the worker does not list the {vec['feature']!r} feature"
+            )
+
+            def run_feature_vector(vec: dict[str, Any] = vec) -> None:
+                for data in _frames(vec["send"]):
+                    s.write(data)
+                expect(s, vec["expect"], vec.get("order") == "any")
+
+            record(vec["name"], run_feature_vector, skipped)
+
         add = bytes.fromhex(vectors["serving"][0]["send"][0])  # call.add, id from the vectors
         add_id = vectors["serving"][0]["expect"][0]["id"]
 

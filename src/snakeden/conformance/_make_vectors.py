@@ -11,7 +11,15 @@ import json
 import pathlib
 import struct
 
-from snakeden._protocol import BATCH, BY_REFERENCE, PICKLE, Kind, encode_body, encode_frame
+from snakeden._protocol import (
+    BATCH,
+    BY_REFERENCE,
+    PICKLE,
+    STREAM,
+    Kind,
+    encode_body,
+    encode_frame,
+)
 
 HERE = pathlib.Path(__file__).with_name("vectors.json")
 
@@ -305,6 +313,56 @@ def main() -> None:
             "exit": "nonzero",
         },
     ]
+    credit = lambda i, n: encode_frame(Kind.CREDIT, i, encode_body(n)).hex()  # noqa: E731
+    features = [
+        {
+            "name": "stream.items_then_end",
+            "feature": "stream",
+            "doc": "CALL count(3) with STREAM and CREDIT 8 -> three STREAM_ITEMs, STREAM_END",
+            "send": [call(60, "count", ["03"], flags=STREAM) + credit(60, 8)],
+            "expect": [
+                {"kind": 9, "id": 60, "body": "00"},
+                {"kind": 9, "id": 60, "body": "01"},
+                {"kind": 9, "id": 60, "body": "02"},
+                {"kind": 11, "id": 60},
+            ],
+        },
+        {
+            "name": "stream.waits_for_credit",
+            "feature": "stream",
+            "doc": "CALL count(2) with STREAM and no credit, CREDIT 5 in a later write -> two "
+            "items and STREAM_END (none before the credit)",
+            "send": [call(61, "count", ["02"], flags=STREAM), credit(61, 5)],
+            "expect": [
+                {"kind": 9, "id": 61, "body": "00"},
+                {"kind": 9, "id": 61, "body": "01"},
+                {"kind": 11, "id": 61},
+            ],
+        },
+        {
+            "name": "stream.cancel_while_waiting",
+            "feature": "stream",
+            "doc": "CALL count(1000) with STREAM, no credit, then CANCEL -> ERROR cancelled",
+            "send": [
+                call(62, "count", [h(1000)], flags=STREAM) + encode_frame(Kind.CANCEL, 62).hex()
+            ],
+            "expect": [{"kind": 4, "id": 62, "error": {"kind": "cancelled"}}],
+        },
+        {
+            "name": "stream.not_a_generator",
+            "feature": "stream",
+            "doc": "STREAM on a command that returns a value -> ERROR bad_call",
+            "send": [call(63, "echo", ["01"], flags=STREAM) + credit(63, 8)],
+            "expect": [{"kind": 4, "id": 63, "error": {"kind": "bad_call"}}],
+        },
+        {
+            "name": "stream.stray_credit_ignored",
+            "feature": "stream",
+            "doc": "CREDIT for an id that is no stream, then add(1, 2) -> only the RESULT",
+            "send": [credit(999, 4) + call(64, "add", ["01", "02"])],
+            "expect": [{"kind": 3, "id": 64, "body": "03"}],
+        },
+    ]
     doc = {
         "about": (
             "snakeden worker protocol v1 conformance vectors (docs/protocol.md §11). Each vector: "
@@ -317,13 +375,17 @@ def main() -> None:
             "list; 'flags' when given must equal the frame's. 'values' and 'serving' vectors "
             "run one after another on one worker; 'alone' ones each on a fresh worker, with "
             "SNAKEDEN_MAX_FRAME=max_frame if given, and exit = zero/nonzero the status the "
-            "worker must end with. skip_if_codec: skip for a worker whose HELLO codecs list it."
+            "worker must end with. skip_if_codec: skip for a worker whose HELLO codecs list it. "
+            "'features' vectors run on the serving worker only when its HELLO features list "
+            "their 'feature' (they then need the commands in contract_features)."
         ),
         "protocol": 1,
         "contract": ["echo", "add", "fail", "sleep", "shout", "blob"],
         "values": values,
         "serving": serving,
         "alone": alone,
+        "contract_features": {"stream": ["count"]},
+        "features": features,
     }
     HERE.write_text(json.dumps(doc, indent=1) + "\n")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from snakeden import command
@@ -30,6 +31,12 @@ def sleep(ms: int) -> int:
     # One call at a time: the runtime reads CANCEL only after this returns (and ignores it).
     time.sleep(ms / 1000)
     return ms
+
+
+@command
+def count(n: int) -> Iterator[int]:
+    """Feature "stream" (docs/protocol.md §6.6): yields 0 .. n-1."""
+    yield from range(n)
 
 
 @command
