@@ -75,11 +75,20 @@ def test_a_crash_fails_every_call_in_flight_on_that_worker() -> None:
     run(body())
 
 
-def test_a_timeout_keeps_its_per_call_meaning() -> None:
+def test_a_timeout_stops_that_call_only(tmp_path: pathlib.Path) -> None:
     async def body() -> None:
-        async with snakeden.Pool(W, size=1) as pool:
-            with pytest.raises(snakeden.CallTimeout, match="slow_poll"):
-                await pool.call("slow_poll", timeout=0.3)
+        async with snakeden.Pool(W, size=1, cancel_grace=60) as pool:
+            pid = await pool.call("pid")
+            with Rendezvous(tmp_path) as running:
+                other = asyncio.create_task(pool.call("slow_poll", str(running)))
+                await running.wait_async()
+                with pytest.raises(snakeden.CallTimeout, match="serves its other calls on"):
+                    await pool.call("slow_poll", timeout=0.3)
+            assert not other.done()  # the call beside it runs on, on the same worker
+            assert await pool.call("pid") == pid
+            other.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await other
             assert await pool.call("echo", os.getpid()) == os.getpid()
 
     run(body())

@@ -18,10 +18,10 @@ from snakeden._calls import Command
 from snakeden._channel import ChannelLost
 from snakeden._config import PoolOptions, make_config
 from snakeden._core import PoolCore
-from snakeden._errors import PoolClosed
+from snakeden._errors import CallTimeout, PoolClosed
 from snakeden._handle import Cause, WorkerHandle
-from snakeden._protocol import Kind, encode_frame, encode_header
-from snakeden._stats import PoolStats
+from snakeden._protocol import FEATURE_CANCEL, Kind, encode_frame, encode_header
+from snakeden._stats import Outcome, PoolStats
 from snakeden._streams import Stream
 
 _UNSET: Any = object()
@@ -182,6 +182,14 @@ class Pool:
                     self._abandon(w, ident, waited, time.perf_counter() - t1)
                 raise
             except _Expired:
+                if w.depth > 1 and FEATURE_CANCEL in w.features:
+                    # Other calls share this worker: stop this one only (the worker is killed
+                    # only if the command ignores the CANCEL past cancel_grace).
+                    self._abandon(w, ident, waited, time.perf_counter() - t1, "timeout")
+                    raise CallTimeout(
+                        f"{name!r} did not finish within {timeout}s; it was cancelled in worker "
+                        f"{w.id} (pid {w.pid}), which serves its other calls on"
+                    ) from None
                 channel.forget(ident)
                 raise core.call_timed_out(w, name, timeout, waited, t1) from None
             except ChannelLost as lost:
@@ -224,14 +232,21 @@ class Pool:
         assert self.config.host_functions is not None  # make_config's dict
         _host_calls.register(self.config.host_functions, name, fn)
 
-    def _abandon(self, w: WorkerHandle, ident: int, waited: float, ran: float) -> None:
+    def _abandon(
+        self,
+        w: WorkerHandle,
+        ident: int,
+        waited: float,
+        ran: float,
+        outcome: Outcome = "cancelled",
+    ) -> None:
         """The caller was cancelled mid-call: tell the worker, reclaim it when it answers."""
         core = self._running()
         channel = w.channel
         assert channel is not None
         if channel.lost is not None:
             core.worker_failed(w, Cause.CRASHED)  # never hand a dead worker to anyone
-            core.release(w, "cancelled", waited, ran)
+            core.release(w, outcome, waited, ran)
             return
         # A reply that came in the same loop turn as the cancellation is claimed here at once.
         drain = channel.expect(ident)
@@ -247,7 +262,7 @@ class Pool:
                 kill.cancel()
             if f.cancelled() or f.exception() is not None:
                 core.worker_failed(w, Cause.CRASHED)
-            core.release(w, "cancelled", waited, ran)
+            core.release(w, outcome, waited, ran)
 
         drain.add_done_callback(done)
 

@@ -113,7 +113,7 @@ class _Run:
         if isinstance(got, ChannelLost):
             if self.aborting is not None:
                 core.worker_failed(w, Cause.CRASHED)
-                core.release(w, "cancelled", self.waited, ran)
+                core.release(w, self.aborting, self.waited, ran)  # type: ignore[arg-type]
             else:
                 self.retry = core.call_lost(w, got, self.waited, self.t1, 0)
             return

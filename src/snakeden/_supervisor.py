@@ -346,7 +346,7 @@ class Supervisor:
                 f"an int >= 1",
                 {w.id: "bad handshake"},
             )
-        w.depth = max(self.checkout.depth, concurrency)
+        w.depth = concurrency  # Checkout.ready() raises it to the pool's pipeline depth
         return features
 
     def _break(self, cause: WorkerStartError) -> None:

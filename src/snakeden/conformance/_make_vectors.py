@@ -33,6 +33,10 @@ def call(ident: int, command: str, args_hex: list[str], flags: int = 0, kwargs: 
     return encode_frame(Kind.CALL, ident, bytes.fromhex(body), flags).hex()
 
 
+def credit(ident: int, n: int) -> str:
+    return encode_frame(Kind.CREDIT, ident, encode_body(n)).hex()
+
+
 def h(value: object) -> str:
     return encode_body(value).hex()
 
@@ -313,7 +317,6 @@ def main() -> None:
             "exit": "nonzero",
         },
     ]
-    credit = lambda i, n: encode_frame(Kind.CREDIT, i, encode_body(n)).hex()  # noqa: E731
     features = [
         {
             "name": "stream.items_then_end",
