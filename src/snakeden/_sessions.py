@@ -119,7 +119,8 @@ class SessionCheckout(Generic[W]):
 
     def open_session(self, affinity: Affinity, ttl: float | None) -> SessionRecord:
         """Register a session and choose its home: the in-service worker holding the fewest
-        sessions (an idle one on a tie), else one still starting."""
+        sessions (an idle one on a tie), else one still starting; one due for recycling only
+        when there is no other."""
         with self.lock:
             if self.reject is not None:
                 raise self.reject
@@ -145,11 +146,12 @@ class SessionCheckout(Generic[W]):
 
     def _choose_home(self) -> WorkerHandle | None:
         best: WorkerHandle | None = None
-        best_key: tuple[int, int, int] | None = None
+        best_key: tuple[bool, bool, int, bool] | None = None
         for w in self.workers.values():
-            if w.state in _GONE or w.retiring or w.must_retire:
+            if w.state in _GONE or w.must_retire:
                 continue
-            key = (w.state is WState.STARTING, w.sessions, w.state is not WState.IDLE)
+            # Not one about to be recycled, unless there is nothing else.
+            key = (w.state is WState.STARTING, w.retiring, w.sessions, w.state is not WState.IDLE)
             if best_key is None or key < best_key:
                 best, best_key = w, key
         return best
