@@ -174,7 +174,7 @@ def test_a_session_expires_after_its_ttl_only_when_idle() -> None:
     clock.now += 11
     assert co.expire_sessions(clock()) == [idle]
     co.session_done(rec)
-    with pytest.raises(SessionExpired, match="ttl of 10.0s"):
+    with pytest.raises(SessionExpired, match=r"ttl of 10\.0s"):
         co.session_begin(idle)
     clock.now += 5
     co.session_begin(rec)  # used 5 s ago: still alive

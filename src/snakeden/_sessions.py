@@ -213,6 +213,9 @@ class SessionCheckout(Generic[W]):
 
     def _check_usable(self, rec: SessionRecord) -> None:
         if rec.closed:
+            if rec.ended is not None:  # closed because it ended: say why, every time
+                cls, message = rec.ended
+                raise cls(message)
             raise SessionClosed(f"session {rec.id} is closed; open a new one with pool.session()")
         home = rec.home
         if rec.ended is None and home is not None and home.state in _GONE:
