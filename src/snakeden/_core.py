@@ -52,15 +52,12 @@ from snakeden._handle import Cause, WorkerHandle
 from snakeden._output import tail_text
 from snakeden._process import CommandLauncher, Launcher, SpawnLauncher
 from snakeden._protocol import (
-    HEADER_SIZE,
-    SESSION,
     SESSION_ID,
     Frame,
     Kind,
     ProtocolViolation,
     encode_frame,
-    encode_header,
-    read_header,
+    session_call,
 )
 from snakeden._reaper import RunRecord, reap_leftovers
 from snakeden._sessions import SessionRecord
@@ -319,22 +316,14 @@ class PoolCore:
         the session id before the body, preceded by SESSION_OPEN on the session's first call
         there. Raises (the caller releases ``w``) if the session cannot run there."""
         need_open = self.checkout.session_on(rec, w)
-        _, kind, flags, ident = read_header(call)
-        body = memoryview(call)[HEADER_SIZE:]
-        size = HEADER_SIZE + SESSION_ID.size + len(body)
+        size = len(call) + SESSION_ID.size
         if size > self.config.max_frame_size:
             raise PayloadTooLarge(
                 f"the call is {size} bytes with its session id, over the maximum frame size of "
                 f"{self.config.max_frame_size} bytes; send less per call. Nothing was sent"
             )
-        parts: list[bytes | memoryview] = [
-            encode_header(kind, ident, SESSION_ID.size + len(body), flags | SESSION),
-            SESSION_ID.pack(rec.id),
-            body,
-        ]
-        if need_open:
-            parts.insert(0, encode_frame(Kind.SESSION_OPEN, rec.id))
-        return b"".join(parts)
+        data = session_call(call, rec.id)
+        return encode_frame(Kind.SESSION_OPEN, rec.id) + data if need_open else data
 
     def session_lost(self, rec: SessionRecord, w: WorkerHandle) -> SessionLost:
         """A strict session's call never reached its worker, which is gone: no other worker has

@@ -199,10 +199,13 @@ def encode_header(kind: int, ident: int, body_len: int, flags: int = 0) -> bytes
     return _HEADER.pack(body_len + _INNER_HEADER, kind, flags, ident)
 
 
-def read_header(data: bytes | memoryview) -> tuple[int, int, int, int]:
-    """``(length, kind, flags, id)`` of the frame ``data`` starts with (an encoded frame)."""
-    length, kind, flags, ident = _HEADER.unpack_from(data)
-    return length, kind, flags, ident
+def session_call(call: bytes, session_id: int) -> bytes:
+    """The encoded CALL frame ``call`` as a call of session ``session_id`` (docs/protocol.md
+    section 6.6): the SESSION flag set and the session id put before the body."""
+    _, kind, flags, ident = _HEADER.unpack_from(call)
+    body = memoryview(call)[HEADER_SIZE:]
+    header = encode_header(kind, ident, SESSION_ID.size + len(body), flags | SESSION)
+    return b"".join((header, SESSION_ID.pack(session_id), body))
 
 
 def encode_frame(
