@@ -152,6 +152,17 @@ def test_strict_sessions_are_lost_with_their_worker_and_pinned_callers_fail() ->
     co.check_invariants()
 
 
+def test_a_session_whose_worker_dies_before_its_first_call_moves_losing_nothing() -> None:
+    co, _, (a, b) = sessions_pool()
+    rec = co.open_session("wait", None)
+    first = rec.home
+    assert first is not None and co.fail(first, Cause.CRASHED)
+    got = lease(co, rec)  # no state was ever sent there: strict, yet not lost
+    assert got is (b if first is a else a) and rec.home is got and got.sessions == 1
+    co.release(got, "ok")
+    co.check_invariants()
+
+
 def test_a_hint_session_moves_to_the_next_worker_that_serves_it() -> None:
     co, _, (a, b) = sessions_pool()
     rec = co.open_session("hint", None)

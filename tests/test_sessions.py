@@ -11,6 +11,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -307,5 +308,82 @@ def test_two_hundred_concurrent_sessions_each_see_only_their_own_state() -> None
             assert pool.stats().sessions == 0
             s = pool.stats()
             assert s.calls_failed == 0 and s.calls_crashed == 0
+
+    run(body())
+
+
+# --- expiry by the pool's maintenance, timeouts, codecs, pipelining ------------------------------
+
+
+def test_an_idle_session_is_expired_by_maintenance() -> None:
+    class Clock:
+        now = 1000.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    clock = Clock()
+
+    async def body() -> None:
+        async with snakeden.Pool(W, size=1, clock=clock, session_ttl=0.2) as pool:
+            core = pool._core
+            assert core is not None
+            expired = asyncio.Event()
+            seen: list[int] = []
+            original = core._sessions_expired
+
+            def record(recs: list[Any]) -> None:
+                original(recs)
+                seen.extend(r.id for r in recs)
+                expired.set()
+
+            core.sup.on_sessions_expired = record
+            s = await pool.session().open()
+            await s.call("put", "a", 1)
+            assert await pool.call("open_sessions") == [s.id]
+            clock.now += 1  # idle past its ttl by the pool's clock: the next round drops it
+            await asyncio.wait_for(expired.wait(), 60)
+            assert seen == [s.id]
+            assert await pool.call("open_sessions") == []  # SESSION_CLOSE reached the worker
+            with pytest.raises(snakeden.SessionExpired):
+                await s.call("get", "a")
+            assert pool.stats().sessions == 0
+
+    run(body())
+
+
+def test_a_call_timeout_kills_the_worker_and_loses_a_strict_session(window: Window) -> None:
+    with snakeden.SyncPool(W, size=2) as pool, pool.session() as s:
+        s.call("put", "a", 1)
+        with pytest.raises(snakeden.CallTimeout):
+            s.call("hold", *window.args, timeout=0.5)
+        with pytest.raises(snakeden.SessionLost, match="timeout"):
+            s.call("get", "a")
+
+
+@pytest.mark.parametrize("serializer", ["msgpack", "pickle"])
+def test_sessions_with_either_codec_and_batches(serializer: str) -> None:
+    with snakeden.SyncPool(W, size=1, serializer=serializer) as pool:  # type: ignore[call-overload]
+        with pool.session() as s:
+            assert s.call("put", "t", (1, 2)) == 1
+            assert s.call("get", "t") == (1, 2)
+        with pool.session() as s:
+            assert s.call("get", "t") is None  # a new session: its own, empty state
+
+
+def test_sessions_on_a_pipelined_pool_keep_to_their_worker() -> None:
+    async def one(pool: snakeden.Pool, n: int) -> int:
+        async with pool.session() as s:
+            await s.call("put", "n", n)
+            pids = {(await s.call("whoami"))[1] for _ in range(5)}
+            assert len(pids) == 1
+            return int(await s.call("get", "n"))
+
+    async def body() -> None:
+        async with snakeden.Pool(W, size=2, pipeline=4) as pool:
+            assert await asyncio.gather(*(one(pool, n) for n in range(20))) == list(range(20))
+            async with pool.session() as s:  # batches (BATCH frames) in a session too
+                pairs = [("a", 1), ("b", 2), ("c", 3)]
+                assert await s.map("put", pairs, star=True, chunksize=2) == [1, 2, 3]
 
     run(body())

@@ -219,7 +219,19 @@ class SessionCheckout(Generic[W]):
             raise SessionClosed(f"session {rec.id} is closed; open a new one with pool.session()")
         home = rec.home
         if rec.ended is None and home is not None and home.state in _GONE:
-            if rec.strict:
+            if home not in rec.opened:
+                # Its state was never created there (no call reached it): nothing is lost,
+                # so it moves, strict or not.
+                self._unhome(rec)
+                rec.home = self._choose_home()
+                if rec.home is not None:
+                    rec.home.sessions += 1
+                elif rec.strict:
+                    raise SessionError(
+                        "no worker is running or starting to hold the session; retry once the "
+                        "pool has workers again"
+                    )
+            elif rec.strict:
                 cause = home.cause.value if home.cause is not None else "exited"
                 self._end(
                     rec,
