@@ -215,7 +215,20 @@ def test_hint_runs_elsewhere_with_that_workers_own_state(window: Window) -> None
             assert sid == s.id and other != pid and keys == []  # a cache of its own there
             window.release()
             assert held.result(60) == pid
-        assert pool.call("open_sessions") == [] and pool.call("open_sessions") == []
+            assert pool.stats().sessions_by_worker[s.worker_id or ""] == 1  # homed where it began
+        # Closed: dropped on both workers, each of which held a copy. Ask each in turn: one is
+        # held busy while the other answers.
+        with tempfile.TemporaryDirectory() as tmp:
+            second = Window(tmp)
+            busy = pool.submit("hold", *second.args)
+            busy_pid = int(second.reached.wait())
+            assert pool.call("whoami")[1] != busy_pid
+            assert pool.call("open_sessions") == []
+            second.release()
+            assert busy.result(60) == busy_pid
+            second.reached.close()
+        assert pool.call("whoami")[1] == busy_pid  # the worker released last serves next
+        assert pool.call("open_sessions") == []
 
 
 # --- affinity when the worker dies ----------------------------------------------------------------

@@ -127,13 +127,7 @@ class Supervisor:
             act.wake.wake()
         if act.close_fds is not None and act.close_fds.proc is not None:
             act.close_fds.proc.close_fds()
-        if (
-            act.retire is not None
-            or act.ensure_capacity
-            or act.check_memory
-            or act.drained
-            or act.flush
-        ):
+        if act.retire or act.ensure_capacity or act.check_memory or act.drained or act.flush:
             if self._on_loop_thread():
                 # At once: the pool is never seen between a decision and its replacement.
                 self._act_on_loop(act)
@@ -478,30 +472,11 @@ class Supervisor:
     # --- maintenance ---------------------------------------------------------------------------
 
     def start_maintenance(self) -> None:
-        cfg = self.config
-        if (
-            cfg.health_interval
-            or cfg.idle_timeout
-            or cfg.max_age
-            or cfg.max_memory
-            or cfg.session_ttl
-        ):
+        if _periods(self.config):
             self._maintenance = self.spawn(self._maintain())
 
     async def _maintain(self) -> None:
-        cfg = self.config
-        intervals = [
-            x
-            for x in (
-                cfg.health_interval,
-                cfg.idle_timeout,
-                cfg.max_age,
-                cfg.memory_check_interval if cfg.max_memory else None,
-                cfg.session_ttl,
-                cfg.session_hold,
-            )
-            if x
-        ]
+        intervals = _periods(self.config)
         period = max(0.05, min(intervals) / 2)
         while self.checkout.phase is Phase.RUNNING:
             await asyncio.sleep(period)
@@ -579,6 +554,15 @@ class Supervisor:
         await asyncio.gather(*(self.stop_worker(w) for w in workers), return_exceptions=True)
         for w in workers:
             await self.wait_gone(w, 5.0)
+
+
+def _periods(cfg: PoolConfig) -> list[float]:
+    """The periods maintenance serves (none: no maintenance task)."""
+    memory = cfg.memory_check_interval if cfg.max_memory else None
+    every = (cfg.health_interval, cfg.idle_timeout, cfg.max_age, memory, cfg.session_ttl)
+    # session_hold only matters with something to recycle by; 0 means at once, not a period.
+    hold = cfg.session_hold if cfg.max_calls or cfg.max_age or cfg.max_memory else None
+    return [x for x in (*every, hold) if x]
 
 
 def _stdout_text(w: WorkerHandle) -> str:
