@@ -6,6 +6,7 @@ command that waits on a FIFO the test writes (tests/rendezvous.py), never by a s
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures as cf
 import os
 import signal
 import sys
@@ -400,3 +401,19 @@ def test_sessions_on_a_pipelined_pool_keep_to_their_worker() -> None:
                 assert await s.map("put", pairs, star=True, chunksize=2) == [1, 2, 3]
 
     run(body())
+
+
+def test_many_threads_each_with_its_own_session() -> None:
+    def one(pool: snakeden.SyncPool, n: int) -> None:
+        with pool.session() as s:
+            for i in range(5):
+                s.call("put", str(i), n)
+            sid, _pid, keys = s.call("whoami")
+            assert (sid, keys) == (s.id, ["0", "1", "2", "3", "4"])
+            assert {s.call("get", str(i)) for i in range(5)} == {n}
+
+    with snakeden.SyncPool(W, size=3) as pool:
+        with cf.ThreadPoolExecutor(max_workers=24) as threads:
+            list(threads.map(lambda n: one(pool, n), range(60)))
+        s = pool.stats()
+        assert s.sessions == 0 and s.calls_failed == 0 and s.queued == 0
