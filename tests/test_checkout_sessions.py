@@ -148,6 +148,7 @@ def test_strict_sessions_are_lost_with_their_worker_and_pinned_callers_fail() ->
         co.acquire_session(rec, ThreadWaiter)
     with pytest.raises(SessionLost):  # for good, not just once
         co.session_begin(rec)
+    assert co.snapshot().sessions == 0  # lost: no longer counts against max_sessions
     assert co.close_session(rec) == []  # its worker is gone: nothing to tell
     co.check_invariants()
 

@@ -190,7 +190,7 @@ class SessionCheckout(Generic[W]):
         """Sessions idle past their TTL, now ended; the caller closes each (SESSION_CLOSE)."""
         out = []
         with self.lock:
-            for rec in self.sessions.values():
+            for rec in list(self.sessions.values()):
                 if (
                     rec.ended is None
                     and rec.active == 0
@@ -202,9 +202,12 @@ class SessionCheckout(Generic[W]):
         return out
 
     def _end(self, rec: SessionRecord, cls: type[SessionLost], why: str) -> None:
+        """Lost or expired: its later calls raise ``cls``; it no longer counts as open (its
+        owner may never close it)."""
         if rec.ended is None:
             rec.ended = (cls, f"session {rec.id} ended: {why}; open a new session")
             self._unhome(rec)
+            self.sessions.pop(rec.id, None)
 
     def _unhome(self, rec: SessionRecord) -> None:
         if rec.home is not None:

@@ -71,7 +71,7 @@ class PoolStats:
     start_failures: int
     checkout_wait: Percentiles
     call_latency: Percentiles
-    sessions: int = 0  # open sessions (pool.session()), including lost ones not yet closed
+    sessions: int = 0  # open sessions (pool.session()): not closed, lost or expired
     sessions_by_worker: dict[str, int] = field(default_factory=dict)  # worker id -> open sessions
 
 
