@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -417,3 +418,35 @@ def test_many_threads_each_with_its_own_session() -> None:
             list(threads.map(lambda n: one(pool, n), range(60)))
         s = pool.stats()
         assert s.sessions == 0 and s.calls_failed == 0 and s.queued == 0
+
+
+def test_past_session_hold_the_worker_is_recycled_and_its_session_lost() -> None:
+    class Clock:
+        now = 1000.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    clock = Clock()
+    recycled = threading.Event()
+
+    def on_event(event: snakeden.WorkerEvent) -> None:
+        if event.kind == "recycled":
+            recycled.set()
+
+    # session_ttl only sets how often maintenance looks (0.1 s); the session itself never
+    # expires. The hold is counted on the pool's clock, which the test moves.
+    options: dict[str, Any] = {"session_ttl": 0.2, "health_interval": None}
+    with snakeden.SyncPool(
+        W, size=1, max_calls=2, session_hold=30, clock=clock, on_event=on_event, **options
+    ) as pool:
+        with pool.session(ttl=None) as s:
+            pid = s.call("whoami")[1]
+            for i in range(4):  # past max_calls: the replacement starts, this worker is held
+                s.call("put", str(i), i)
+            assert s.call("whoami")[1] == pid and not recycled.is_set()
+            clock.now += 31  # past the hold
+            assert recycled.wait(60)
+            with pytest.raises(snakeden.SessionLost, match="retired"):
+                s.call("get", "0")
+        assert pool.call("whoami")[1] != pid
