@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, assert_never
 
 #: Upper bounds (seconds) of the cumulative histograms of call latency and checkout wait that
@@ -73,6 +73,8 @@ class PoolStats:
     start_failures: int
     checkout_wait: Percentiles
     call_latency: Percentiles
+    sessions: int = 0  # open sessions (pool.session()): not closed, lost or expired
+    sessions_by_worker: dict[str, int] = field(default_factory=dict)  # worker id -> open sessions
 
 
 class Counters:
