@@ -18,6 +18,13 @@ EXAMPLES = {
     "cancellation.py": ["cancelled at its await", "saw the flag", "serves on: 6"],
     "concurrency.py": ["8 calls, all in flight at once on 1 worker", "slots: 8"],
     "host_callbacks.py": ["no price for 'kiwi', skipped", "basket total: 8"],
+    "sessions.py": [
+        "ada remembers ['likes tea', 'writes programs']",
+        "bob remembers ['likes coffee']",
+        "open sessions after closing: 0",
+        "SessionLost:",
+        "a new session starts empty: []",
+    ],
 }
 
 

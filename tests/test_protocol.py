@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from snakeden._protocol import (
     DEFAULT_MAX_FRAME_SIZE,
     ERROR_KINDS,
+    FEATURE_SESSION,
     HEADER_SIZE,
     MAX_REQUEST_ID,
     PROTOCOL_VERSION,
@@ -43,6 +44,7 @@ from snakeden._protocol import (
     encode_header,
     error_body,
     hello_body,
+    session_call,
 )
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -201,6 +203,8 @@ def test_wire_values_are_stable() -> None:
         "STREAM_END": 11,
         "HOST_CALL": 12,
         "HOST_REPLY": 13,
+        "SESSION_OPEN": 14,
+        "SESSION_CLOSE": 15,
     }
     assert {name: int(f) for name, f in Flag.__members__.items()} == {
         "NONE": 0,
@@ -209,6 +213,7 @@ def test_wire_values_are_stable() -> None:
         "BATCH": 4,
         "CONTEXT": 8,
         "STREAM": 0x10,
+        "SESSION": 0x20,
     }
     assert PROTOCOL_VERSION == 1
     assert DEFAULT_MAX_FRAME_SIZE == 256 * 1024 * 1024
@@ -234,7 +239,7 @@ def test_documented_example_bytes() -> None:
 
 
 def test_documented_stream_and_host_call_bytes() -> None:
-    # docs/protocol.md sections 6.6-6.8, written the same way. Change both together.
+    # docs/protocol.md sections 6.7-6.9, written the same way. Change both together.
     doc = (pathlib.Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
     cases = [
         (
@@ -262,6 +267,25 @@ def test_documented_stream_and_host_call_bytes() -> None:
     assert "concurrency" not in hello_body(
         pid=1, runtime="r", commands=[], worker_id="w", codecs=[]
     )
+
+
+def test_documented_session_example_bytes() -> None:
+    # docs/protocol.md section 6.6, made by the host's own code. Change both together.
+    def h(text: str) -> bytes:
+        return bytes.fromhex(text)
+
+    assert encode_frame(Kind.SESSION_OPEN, 1) == h("00 00 00 06  0e  00  00 00 00 01")
+    call = encode_frame(Kind.CALL, 2, encode_body(["get", ["a"], {}]))
+    assert session_call(call, 1) == h(
+        "00 00 00 13  02  20  00 00 00 02  00 00 00 01  93 a3 67 65 74 91 a1 61 80"
+    )
+    assert encode_frame(Kind.SESSION_CLOSE, 1) == h("00 00 00 06  0f  00  00 00 00 01")
+    # The flag composes with the others; the session id is big-endian, the whole u32 range.
+    traced = encode_frame(Kind.CALL, 9, b"\x94body", Flag.PICKLE | Flag.CONTEXT)
+    (frame,) = FrameDecoder().feed(session_call(traced, 0xFFFF_FFFE))
+    assert frame.flags == Flag.PICKLE | Flag.CONTEXT | Flag.SESSION and frame.id == 9
+    assert frame.body == b"\xff\xff\xff\xfe\x94body"
+    assert FEATURE_SESSION == "session"
 
 
 # --- decoding: whole, byte by byte, chunked, trailing -----------------------------------------
@@ -808,6 +832,7 @@ def test_error_kinds_match_the_spec() -> None:
         "encode",
         "startup",
         "cancelled",
+        "session",
     } == ERROR_KINDS
 
 

@@ -19,10 +19,12 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from snakeden._config import PoolConfig
 from snakeden._errors import PoolClosed, PoolSaturated
-from snakeden._handle import Cause, WorkerHandle, WState
+from snakeden._handle import BUSY, DEAD, IDLE, STARTING, STOPPING, Cause, WorkerHandle
+from snakeden._sessions import SessionCheckout
 from snakeden._stats import Counters, Outcome, Percentiles, PoolStats
 
 
@@ -34,6 +36,10 @@ class Phase(enum.Enum):
     STOPPING = "stopping"  # workers being stopped: no more replacements, even for waiters
     CLOSED = "closed"
     BROKEN = "broken"  # start failures in a row: every call is refused with PoolBroken
+
+
+_RUNNING: Final = Phase.RUNNING  # per-call paths: see _handle.BUSY
+_CLOSING: Final = Phase.CLOSING
 
 
 # --- waiters: a caller queued for a worker -----------------------------------------------------
@@ -93,12 +99,14 @@ class Actions:
     retire: WorkerHandle | None = None  # out of service (recycled): stop it gracefully
     close_fds: WorkerHandle | None = None  # dead and no longer leased: close its fds
     check_memory: WorkerHandle | None = None  # due for a max_memory check
+    flush: WorkerHandle | None = None  # leased to the supervisor: write its outbox, release it
     ensure_capacity: bool = False  # a replacement may be due
     drained: bool = False  # closing, and nothing is leased or queued any more
 
 
-class Checkout:
-    """The pool's state: workers, the idle set, waiters, leases, counters, phase."""
+class Checkout(SessionCheckout[Waiter]):
+    """The pool's state: workers, the idle set, waiters, leases, counters, phase; and sessions
+    (:class:`~snakeden._sessions.SessionCheckout`)."""
 
     def __init__(self, config: PoolConfig, *, depth: int = 1) -> None:
         self.config = config
@@ -118,6 +126,7 @@ class Checkout:
         self.failures_in_a_row = 0
         self.counters = Counters()
         self.reject: BaseException | None = None  # why calls are refused (closed, broken)
+        self._init_sessions()
 
     def __repr__(self) -> str:
         return (
@@ -138,7 +147,7 @@ class Checkout:
             if not self.waiters:
                 if self.idle:
                     w = self.idle.pop()  # most recently used: warm caches, and lets others idle
-                    w.move(WState.BUSY)
+                    w.move(BUSY)
                     w.inflight = 1
                     w.leased_at = self.clock()  # for the live view: busy for how long
                     self.leased += 1
@@ -164,7 +173,7 @@ class Checkout:
         best = None
         for w in self.workers.values():
             if (
-                w.state is WState.BUSY
+                w.state is BUSY
                 and w.inflight < w.depth
                 and not w.retiring
                 and not w.must_retire
@@ -188,7 +197,8 @@ class Checkout:
                 try:
                     self.waiters.remove(waiter)
                 except ValueError:
-                    pass
+                    if self.pinned:
+                        self._drop_pinned(waiter)
                 if cancelled:
                     self.counters.calls_cancelled += 1
                 else:
@@ -206,6 +216,24 @@ class Checkout:
                 w.busy_time += latency  # utilisation = busy time over wall time (metrics)
                 w.calls += 1
                 w.last_used = self.clock()
+            if (
+                w.inflight == 1
+                and w.state is BUSY
+                and not self.waiters
+                and not self.pinned
+                and not w.outbox
+                and w.max_calls is None
+                and not w.retiring
+                and not self.memory_limited
+                and self.phase is _RUNNING
+            ):
+                # The common case, decided without _settle's call (a function call is a
+                # noticeable part of the host's cost of a call): nothing to do but idle it.
+                self.leased -= 1
+                w.inflight = 0
+                w.move(IDLE)
+                self.idle.append(w)
+                return None
             return self._settle(w)
 
     def _settle(self, w: WorkerHandle) -> Actions | None:
@@ -214,29 +242,41 @@ class Checkout:
         w.inflight -= 1
         act: Actions | None = None
         was_retiring = w.retiring
-        if w.state is not WState.BUSY:  # out of service: failed, retiring, or dead
-            if w.inflight == 0 and w.state is WState.DEAD:
+        if w.state is not BUSY:  # out of service: failed, retiring, or dead
+            if w.inflight == 0 and w.state is DEAD:
                 self.workers.pop(w.id, None)
                 if w.close_on_release:
                     w.close_on_release = False
                     act = Actions(close_fds=w)
-        elif (w.max_calls is not None or w.retiring) and self._wants_retirement(w):
+        elif (
+            (w.max_calls is not None or w.retiring)
+            and self._wants_retirement(w)
+            and not (w.sessions and self._held(w))
+        ):
             if w.inflight == 0:
-                w.move(WState.STOPPING, Cause.RETIRED)
+                w.move(STOPPING, Cause.RETIRED)
                 self.counters.recycled += 1
+                self._orphan_pinned(w)
                 act = Actions(retire=w, ensure_capacity=True)
+        elif w.outbox:
+            w.inflight += 1  # leased on to the supervisor, to send what waits for this worker
+            self.leased += 1
+            act = Actions(flush=w)
         else:
-            while self.waiters:
+            # Callers of a session pinned to this worker first: they can go nowhere else.
+            waiter = self._next_pinned(w) if self.pinned else None
+            while waiter is None and self.waiters:
                 waiter = self.waiters.popleft()
-                if waiter.alive():
-                    waiter.worker = w
-                    w.inflight += 1  # the lease passes straight to the waiter
-                    w.leased_at = self.clock()
-                    self.leased += 1
-                    act = Actions(wake=waiter)
-                    break
+                if not waiter.alive():
+                    waiter = None
+            if waiter is not None:
+                waiter.worker = w
+                w.inflight += 1  # the lease passes straight to the waiter
+                w.leased_at = self.clock()
+                self.leased += 1
+                act = Actions(wake=waiter)
             if act is None and w.inflight == 0:
-                w.move(WState.IDLE)
+                w.move(IDLE)
                 self.idle.append(w)
             if w.retiring and not was_retiring:
                 act = act or Actions()
@@ -247,14 +287,14 @@ class Checkout:
                 w.next_memory_check = w.last_used + self.config.memory_check_interval
                 act = act or Actions()
                 act.check_memory = w
-        if self.phase is Phase.CLOSING and self._drained():
+        if self.phase is _CLOSING and self._drained():
             act = act or Actions()
             act.drained = True
         return act
 
     def _wants_retirement(self, w: WorkerHandle) -> bool:
         if w.max_calls is not None:
-            replacement_ready = w.replacing is not None and w.replacing.state is not WState.STARTING
+            replacement_ready = w.replacing is not None and w.replacing.state is not STARTING
             # Past the limit, keep serving until the replacement is warm (capacity never dips),
             # but never past twice the limit.
             if w.calls >= w.max_calls and (replacement_ready or w.calls >= 2 * w.max_calls):
@@ -265,21 +305,27 @@ class Checkout:
         if w.must_retire:
             return True
         if w.retiring:
-            return w.replacing is not None and w.replacing.state is not WState.STARTING
+            return w.replacing is not None and w.replacing.state is not STARTING
         return False
 
     def _drained(self) -> bool:
-        return self.phase is Phase.CLOSING and self.leased == 0 and not self.waiters
+        return (
+            self.phase is Phase.CLOSING
+            and self.leased == 0
+            and not self.waiters
+            and not self.pinned
+        )
 
     def fail(self, w: WorkerHandle, cause: Cause) -> bool:
         """Take ``w`` out of service for ``cause`` (the caller then kills it). An idle worker
         leaves the idle set at once, so it is never handed out. False if it was already out."""
         with self.lock:
-            if w.state in (WState.STOPPING, WState.DEAD):
+            if w.state in (STOPPING, DEAD):
                 return False
-            if w.state is WState.IDLE:
+            if w.state is IDLE:
                 self.idle.remove(w)
-            w.move(WState.STOPPING, cause)
+            w.move(STOPPING, cause)
+            self._orphan_pinned(w)
             return True
 
     # --- supervisor ------------------------------------------------------------------------------
@@ -302,18 +348,18 @@ class Checkout:
         HELLO was handled died right after start-up: it is replaced like any crashed worker."""
         with self.lock:
             self.failures_in_a_row = 0
-            if w.state is WState.DEAD:
+            if w.state is DEAD:
                 self.workers.pop(w.id, None)
                 if self.may_start():
                     self.counters.restarts += 1
                     return False, Actions(ensure_capacity=True)
                 return False, None
-            if w.state is not WState.STARTING:
+            if w.state is not STARTING:
                 return False, None  # stopped by close() meanwhile; its exit finishes it
             w.ready_at = w.last_used = self.clock()
             w.depth = max(w.depth, self.depth)  # the HELLO's concurrency, or the pipeline
             self.shared = self.shared or w.depth > 1
-            w.move(WState.BUSY)
+            w.move(BUSY)
             w.inflight = 1
             self.leased += 1
             return True, self._settle(w)
@@ -322,8 +368,8 @@ class Checkout:
         """A launch or handshake failed. True when the pool should now be declared broken
         (``in_a_row``: count it towards that; the initial start reports its failures itself)."""
         with self.lock:
-            if w.state is not WState.DEAD:
-                w.move(WState.DEAD, Cause.EXITED)
+            if w.state is not DEAD:
+                w.move(DEAD, Cause.EXITED)
             self.workers.pop(w.id, None)
             self.counters.start_failures += 1
             self.failures_in_a_row += in_a_row
@@ -335,10 +381,11 @@ class Checkout:
         replace (not a retirement, a shutdown, or a start the start path reports)."""
         with self.lock:
             prior = w.state
-            if prior is WState.IDLE:
+            if prior is IDLE:
                 self.idle.remove(w)
-            if prior is not WState.DEAD:
-                w.move(WState.DEAD, Cause.EXITED)
+            if prior is not DEAD:
+                w.move(DEAD, Cause.EXITED)
+            self._orphan_pinned(w)
             close_now = w.inflight == 0
             # A caller holding the lease may be blocked in read() on the channel: closing the fd
             # under it would let the number be reused by the next worker's pipe.
@@ -363,16 +410,18 @@ class Checkout:
         """Take ``w`` out of the idle set: leased to the supervisor (a ping), or, with ``stop``,
         out of service for that cause. False if it is not idle any more."""
         with self.lock:
-            if w.state is not WState.IDLE:
+            if w.state is not IDLE:
                 return False
+            if w.sessions and (stop is Cause.SHRUNK or (stop is Cause.RETIRED and self._held(w))):
+                return False  # holds open sessions: not shrunk; recycled once they close
             self.idle.remove(w)
             if stop is None:
-                w.move(WState.BUSY)
+                w.move(BUSY)
                 w.inflight = 1
                 w.leased_at, w.current_command = self.clock(), "(health check)"
                 self.leased += 1
             else:
-                w.move(WState.STOPPING, stop)
+                w.move(STOPPING, stop)
                 if stop is Cause.RETIRED:
                     self.counters.recycled += 1
             return True
@@ -385,9 +434,9 @@ class Checkout:
             act = Actions(ensure_capacity=True)
             if now:
                 w.must_retire = True
-                if w.state is WState.IDLE:
+                if w.state is IDLE and not (w.sessions and self._held(w)):
                     self.idle.remove(w)
-                    w.move(WState.STOPPING, Cause.RETIRED)
+                    w.move(STOPPING, Cause.RETIRED)
                     self.counters.recycled += 1
                     act.retire = w
             return act
@@ -413,7 +462,7 @@ class Checkout:
                 for w in self.workers.values()
                 if (w.retiring or w.must_retire)
                 and not w.replacement_scheduled
-                and w.state is not WState.DEAD
+                and w.state is not DEAD
             ]
             self.scheduled += missing
             plan: list[WorkerHandle | None] = []
@@ -436,11 +485,9 @@ class Checkout:
         if self.upper == self.size:
             return False  # no max_size: nothing to decide, and this runs for every queued call
         live = self.scheduled + sum(
-            1 for w in self.workers.values() if w.state not in (WState.DEAD, WState.STOPPING)
+            1 for w in self.workers.values() if w.state not in (DEAD, STOPPING)
         )
-        starting = self.scheduled + sum(
-            1 for w in self.workers.values() if w.state is WState.STARTING
-        )
+        starting = self.scheduled + sum(1 for w in self.workers.values() if w.state is STARTING)
         return len(self.waiters) > starting and live < self.upper
 
     def backoff(self) -> float:
@@ -457,12 +504,20 @@ class Checkout:
         cfg = self.config
         out: list[tuple[WorkerHandle, str]] = []
         with self.lock:
-            live = sum(1 for w in self.workers.values() if w.state is not WState.DEAD)
+            live = sum(1 for w in self.workers.values() if w.state is not DEAD)
             for w in list(self.idle):
                 if cfg.max_age is not None and now - w.born > cfg.max_age and not w.retiring:
                     out.append((w, "age"))
                 elif (
+                    w.held_since is not None
+                    and (w.retiring or w.must_retire)
+                    and self._wants_retirement(w)
+                    and not self._held(w)
+                ):
+                    out.append((w, "retire"))  # held for its sessions, and no longer
+                elif (
                     cfg.idle_timeout is not None
+                    and not w.sessions
                     and live > self.size
                     and now - w.last_used > cfg.idle_timeout
                 ):
@@ -487,16 +542,16 @@ class Checkout:
             self.phase = Phase.CLOSING
             if not broken:
                 self.reject = PoolClosed("the pool is closed")
-            failed = list(self.waiters) if cancel_pending else []
+            failed = [*self.waiters, *self._take_all_pinned()] if cancel_pending else []
             if cancel_pending:
                 self.waiters.clear()
-            return failed, self.leased > 0 or bool(self.waiters)
+            return failed, self.leased > 0 or bool(self.waiters) or bool(self.pinned)
 
     def stop(self) -> list[Waiter]:
         """No more replacements, even for waiters; returns the waiters left to fail."""
         with self.lock:
             self.phase = Phase.STOPPING
-            left, self.waiters = list(self.waiters), deque()
+            left, self.waiters = [*self.waiters, *self._take_all_pinned()], deque()
             return left
 
     def break_(self, err: BaseException) -> list[Waiter]:
@@ -506,7 +561,7 @@ class Checkout:
                 self.reject = err
             if self.phase is not Phase.CLOSING:
                 self.phase = Phase.BROKEN
-            waiters, self.waiters = list(self.waiters), deque()
+            waiters, self.waiters = [*self.waiters, *self._take_all_pinned()], deque()
             return waiters
 
     def ready_count(self) -> int:
@@ -520,12 +575,12 @@ class Checkout:
             return PoolStats(
                 state=self.phase.value,
                 workers=sum(1 for w in ws if w.state in _LIVE),
-                stopping=sum(1 for w in ws if w.state is WState.STOPPING),
-                starting=sum(1 for w in ws if w.state is WState.STARTING),
+                stopping=sum(1 for w in ws if w.state is STOPPING),
+                starting=sum(1 for w in ws if w.state is STARTING),
                 ready=len(self.idle),
                 busy=sum(1 for w in ws if w.inflight > 0),
                 in_flight=self.leased,
-                queued=len(self.waiters),
+                queued=len(self.waiters) + sum(len(q) for q in self.pinned.values()),
                 calls_ok=c.calls_ok,
                 calls_failed=c.calls_failed,
                 calls_timed_out=c.calls_timed_out,
@@ -538,7 +593,9 @@ class Checkout:
                 start_failures=c.start_failures,
                 checkout_wait=Percentiles.of(list(c.checkout_wait)),
                 call_latency=Percentiles.of(list(c.call_latency)),
-                slots=sum(w.depth for w in ws if w.state in (WState.IDLE, WState.BUSY)),
+                slots=sum(w.depth for w in ws if w.state in (IDLE, BUSY)),
+                sessions=len(self.sessions),
+                sessions_by_worker=self.session_counts(),
             )
 
     def check_invariants(self) -> None:
@@ -548,19 +605,20 @@ class Checkout:
             held = sum(w.inflight for w in ws)
             assert held == self.leased, f"leased={self.leased} but workers hold {held}: {ws}"
             for w in self.idle:
-                assert w.state is WState.IDLE and w.inflight == 0, f"bad idle worker {w!r}"
+                assert w.state is IDLE and w.inflight == 0, f"bad idle worker {w!r}"
                 assert self.workers.get(w.id) is w, f"idle worker {w!r} not registered"
             for w in ws:
-                assert (w.state is WState.IDLE) == (w in self.idle), f"idle set vs {w!r}"
-                if w.state is WState.BUSY:
+                assert (w.state is IDLE) == (w in self.idle), f"idle set vs {w!r}"
+                if w.state is BUSY:
                     assert w.inflight > 0, f"busy with no lease: {w!r}"
-                if w.state in (WState.STOPPING, WState.DEAD):
+                if w.state in (STOPPING, DEAD):
                     assert w.cause is not None, f"out of service without a cause: {w!r}"
                 assert w.inflight <= max(1, w.depth), f"over depth: {w!r}"
             assert self.scheduled >= 0, f"scheduled={self.scheduled}"
+            self._check_session_invariants()
             if self.phase is Phase.CLOSED:
                 assert not self.waiters and self.leased == 0, f"closed with work: {self!r}"
-                assert all(w.state is WState.DEAD for w in ws), f"closed, alive: {ws}"
+                assert all(w.state is DEAD for w in ws), f"closed, alive: {ws}"
 
 
-_LIVE = (WState.STARTING, WState.IDLE, WState.BUSY)
+_LIVE = (STARTING, IDLE, BUSY)

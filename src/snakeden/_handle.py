@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import enum
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     import asyncio
@@ -82,6 +82,16 @@ for _state, _targets in _MOVES.items():
     _state._allowed = sum(t._bit for t in _targets)  # type: ignore[attr-defined]
 
 
+# The per-call paths name states through these globals: on Python 3.11 every ``WState.X`` runs
+# through the slot of EnumType.__getattr__ (several times the cost of a global; eleven such
+# lookups were a tenth of the host's cost of a call).
+STARTING: Final = WState.STARTING
+IDLE: Final = WState.IDLE
+BUSY: Final = WState.BUSY
+STOPPING: Final = WState.STOPPING
+DEAD: Final = WState.DEAD
+
+
 class BadTransition(AssertionError):
     """A bug in snakeden: a worker was moved along an edge its state diagram does not have."""
 
@@ -117,8 +127,15 @@ class WorkerHandle:
         # Its HELLO lists the "trace" feature: an instrumented pool sends it the caller's trace
         # context (the CONTEXT flag). Never set for a worker that did not ask.
         self.takes_context = False
-        self.features: frozenset[str] = frozenset()  # its HELLO's "features"
         self.depth = 1  # calls in flight at most: the pool's pipeline, or the HELLO concurrency
+        self.features: tuple[str, ...] = ()  # its HELLO's, e.g. "session"
+        # Sessions homed here (see _sessions); while any is open, recycling waits up to
+        # session_hold from ``held_since``, and shrinking passes this worker by.
+        self.sessions = 0
+        self.held_since: float | None = None
+        # Blocking mode: SESSION_CLOSE frames for a busy worker, written by a lease of their own
+        # once its current lease ends (only the lease holder writes to a blocking channel).
+        self.outbox: list[bytes] = []
         self.close_on_release = False  # exited while leased: the last lease holder closes fds
         self.gone = threading.Event()  # exit status known and output drained
         self.gone_waiters: list[asyncio.Future[None]] = []
@@ -126,7 +143,7 @@ class WorkerHandle:
     def move(self, to: WState, cause: Cause | None = None) -> None:
         if not to._bit & self.state._allowed:  # type: ignore[attr-defined]
             raise BadTransition(f"worker {self.id}: {self.state.value} -> {to.value}")
-        if self.cause is None and (to is WState.STOPPING or to is WState.DEAD):
+        if self.cause is None and (to is STOPPING or to is DEAD):
             self.cause = cause or Cause.EXITED
         self.state = to
 

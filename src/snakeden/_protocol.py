@@ -48,12 +48,16 @@ class Kind(enum.IntEnum):
     PONG = 6  # worker -> host: reply to PING, same id (body: map of worker facts)
     CANCEL = 7  # host -> worker: the caller of request ``id`` gave up (body: empty)
     SHUTDOWN = 8  # host -> worker: finish and exit 0 (body: empty)
-    # Streams and host calls (docs/protocol.md section 6.6-6.7); only with the HELLO features.
+    # Streams and host calls (docs/protocol.md sections 6.7-6.9); only with the HELLO features.
     STREAM_ITEM = 9  # worker -> host: the next item of a STREAM call (body: the item)
     CREDIT = 10  # host -> worker: the stream call ``id`` may send n more items (body: n)
     STREAM_END = 11  # worker -> host: the STREAM call ``id`` ended after its items (body: empty)
     HOST_CALL = 12  # worker -> host: run a host function (body: [call id, name, args, kwargs])
     HOST_REPLY = 13  # host -> worker: the answer to HOST_CALL ``id`` (body: [ok, value|error])
+    # Sessions (docs/protocol.md section 6.6): ``id`` is the session's id, no reply. Sent only to
+    # a worker whose HELLO lists the "session" feature.
+    SESSION_OPEN = 14  # host -> worker: keep state for session ``id`` (body: empty)
+    SESSION_CLOSE = 15  # host -> worker: drop session ``id``'s state (body: empty)
 
 
 class Flag(enum.IntFlag):
@@ -69,6 +73,9 @@ class Flag(enum.IntFlag):
     # CALL only: the caller wants the command's items as a stream (STREAM_ITEM ... STREAM_END)
     # paced by CREDIT. Sent only to a worker whose HELLO lists the "stream" feature.
     STREAM = 0x10
+    # CALL only: the call belongs to a session; the body starts with the session id (u32 BE),
+    # followed by the usual body (docs/protocol.md section 6.6).
+    SESSION = 0x20
 
 
 # Plain ints for the hot paths: IntFlag arithmetic costs ~0.7us per operation.
@@ -77,6 +84,13 @@ BY_REFERENCE: Final = int(Flag.BY_REFERENCE)
 BATCH: Final = int(Flag.BATCH)
 CONTEXT: Final = int(Flag.CONTEXT)
 STREAM: Final = int(Flag.STREAM)
+SESSION: Final = int(Flag.SESSION)
+
+# Kinds for the per-call paths, as plain ints: on Python 3.11 a ``Kind.X`` lookup runs through
+# EnumType.__getattr__'s slot, several times the cost of a global.
+KIND_CALL: Final = int(Kind.CALL)
+KIND_RESULT: Final = int(Kind.RESULT)
+KIND_ERROR: Final = int(Kind.ERROR)
 
 #: HELLO ``features`` value of a worker that accepts CONTEXT on its CALLs.
 FEATURE_TRACE: Final = "trace"
@@ -89,6 +103,11 @@ FEATURE_STREAM: Final = "stream"
 FEATURE_CANCEL: Final = "cancel"
 #: HELLO ``features`` value of a worker whose commands may call host functions (HOST_CALL).
 FEATURE_HOST_CALL: Final = "host_call"
+#: HELLO ``features`` value of a worker that keeps session state (SESSION_OPEN / SESSION_CLOSE,
+#: and CALLs with the SESSION flag).
+FEATURE_SESSION: Final = "session"
+#: The session id that prefixes the body of a CALL with the SESSION flag.
+SESSION_ID: Final = struct.Struct(">I")
 
 
 class ProtocolViolation(Exception):
@@ -200,6 +219,15 @@ class FrameDecoder:
 def encode_header(kind: int, ident: int, body_len: int, flags: int = 0) -> bytes:
     """The 10 header bytes for a frame whose body is ``body_len`` bytes long."""
     return _HEADER.pack(body_len + _INNER_HEADER, kind, flags, ident)
+
+
+def session_call(call: bytes, session_id: int) -> bytes:
+    """The encoded CALL frame ``call`` as a call of session ``session_id`` (docs/protocol.md
+    section 6.6): the SESSION flag set and the session id put before the body."""
+    _, kind, flags, ident = _HEADER.unpack_from(call)
+    body = memoryview(call)[HEADER_SIZE:]
+    header = encode_header(kind, ident, SESSION_ID.size + len(body), flags | SESSION)
+    return b"".join((header, SESSION_ID.pack(session_id), body))
 
 
 def encode_frame(
@@ -357,7 +385,7 @@ def hello_body(
 
 #: Error ``kind`` values in an ERROR body (see docs/protocol.md).
 ERROR_KINDS: Final = frozenset(
-    {"user", "unknown_command", "bad_call", "decode", "encode", "startup", "cancelled"}
+    {"user", "unknown_command", "bad_call", "decode", "encode", "startup", "cancelled", "session"}
 )
 
 

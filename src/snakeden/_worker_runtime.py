@@ -32,9 +32,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from snakeden import _shm
+from snakeden import _worker_sessions as _sessions
 from snakeden._calls import error_from_body
 from snakeden._protocol import (
     PICKLE,
+    SESSION,
     STREAM,
     Frame,
     Kind,
@@ -395,6 +397,8 @@ class Concurrent:
             server.send(
                 Kind.PONG, frame.id, encode_body({"pid": os.getpid(), "calls": server.calls})
             )
+        elif kind in (Kind.SESSION_OPEN, Kind.SESSION_CLOSE):
+            _sessions.on_frame(frame)
         elif kind == Kind.SHUTDOWN:
             self.closing = True  # answer the calls in flight, then exit 0
             self._maybe_done()
@@ -413,7 +417,10 @@ class Concurrent:
             ctx = link.context(frame.id, "", frame.flags)
             token = enter(ctx)
             try:
-                server.handle_call(frame)
+                if frame.flags & SESSION:
+                    _sessions.run_call(frame, server.handle_call, server.send_error)
+                else:
+                    server.handle_call(frame)
             except BrokenPipeError:
                 pass  # the host is gone; the loop sees the end of file
             finally:

@@ -26,6 +26,13 @@ if TYPE_CHECKING:
     from snakeden.worker import _Server
 
 
+def hint(result: Any, name: str) -> str | None:
+    """What to say when a plain call's result is a generator (it cannot be sent as a value)."""
+    if inspect.isgenerator(result) or inspect.isasyncgen(result):
+        return f"{name!r} is a generator: call it with pool.stream() to get its items"
+    return None
+
+
 class _ItemNotSent(Exception):
     pass
 

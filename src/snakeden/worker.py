@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from snakeden import _commands, _shm, _worker_context, _worker_streams
+from snakeden import _worker_sessions as _sessions
 from snakeden import _worker_tracing as _tracing
 from snakeden._errors import RemoteError
 from snakeden._protocol import (
@@ -33,10 +34,12 @@ from snakeden._protocol import (
     FEATURE_BEGUN,
     FEATURE_CANCEL,
     FEATURE_HOST_CALL,
+    FEATURE_SESSION,
     FEATURE_STREAM,
     FEATURE_TRACE,
     HEADER_SIZE,
     PICKLE,
+    SESSION,
     STREAM,
     Frame,
     FrameDecoder,
@@ -180,10 +183,15 @@ class _Server:
                         self.begun[0] = frame.id  # before anything of the call can happen
                     self.current = frame.id
                     self.current_flags = frame.flags
-                    self.handle_call(frame)
+                    if frame.flags & SESSION:
+                        _sessions.run_call(frame, self.handle_call, self.send_error)
+                    else:
+                        self.handle_call(frame)
                     self.current = 0
                     if contexts:
                         contexts.clear()  # the call asked for its context: done with it
+                elif frame.kind in (Kind.SESSION_OPEN, Kind.SESSION_CLOSE):
+                    _sessions.on_frame(frame)
                 elif frame.kind == Kind.PING:
                     pong = {"pid": os.getpid(), "calls": self.calls}
                     self.send(Kind.PONG, frame.id, encode_body(pong))
@@ -198,7 +206,7 @@ class _Server:
                     print(f"snakeden worker: unknown frame kind {frame.kind}", file=sys.stderr)
                     return EXIT_PROTOCOL_ERROR
 
-    def handle_call(self, frame: Frame) -> None:
+    def handle_call(self, frame: Frame, ctx: Any = None) -> None:
         flags = frame.flags & PICKLE
         # "decode" errors go out in MessagePack whatever the call's codec (docs/protocol.md
         # §5): the host can read them even when the call's codec is what failed.
@@ -232,6 +240,12 @@ class _Server:
             self.send_error(frame.id, 0, kind="decode", type_name="TypeError", message=problem)
             return
         name, args, kwargs = body
+        if ctx is not None:
+            ctx.command = name  # a session call's context (_worker_sessions.run_call)
+            if ctx._host is None:  # give it the channel too: cancellation, host calls
+                ctx._host, ctx._flags = self.link, flags
+                self.link.calls[frame.id] = ctx
+                self.link.claim(frame.id)
         try:
             fn = self._lookup(name, frame.flags)
         except Exception as exc:  # importing a reference can raise anything
@@ -407,7 +421,7 @@ class _Server:
                 flags,
                 kind="encode",
                 type_name=type(exc).__name__,
-                message=_streams_hint(result, name)
+                message=_worker_streams.hint(result, name)
                 or (
                     f"the result of {name!r} (a {type(result).__name__}) could not be sent "
                     f"with {codec}: {type(exc).__name__}: {_text(exc)}. Return plain data "
@@ -424,12 +438,6 @@ class _BadCall(Exception):
 
 
 _LATE = (Kind.CANCEL, Kind.CREDIT, Kind.HOST_REPLY)
-
-
-def _streams_hint(result: Any, name: str) -> str | None:
-    if inspect.isgenerator(result) or inspect.isasyncgen(result):
-        return f"{name!r} is a generator: call it with pool.stream() to get its items"
-    return None
 
 
 def _current_id() -> int:
@@ -496,6 +504,7 @@ def serve(
             FEATURE_STREAM,
             FEATURE_CANCEL,
             FEATURE_HOST_CALL,
+            FEATURE_SESSION,
         ],
         concurrency=server.concurrency,
     )

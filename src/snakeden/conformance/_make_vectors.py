@@ -15,10 +15,12 @@ from snakeden._protocol import (
     BATCH,
     BY_REFERENCE,
     PICKLE,
+    SESSION,
     STREAM,
     Kind,
     encode_body,
     encode_frame,
+    session_call,
 )
 
 HERE = pathlib.Path(__file__).with_name("vectors.json")
@@ -35,6 +37,11 @@ def call(ident: int, command: str, args_hex: list[str], flags: int = 0, kwargs: 
 
 def credit(ident: int, n: int) -> str:
     return encode_frame(Kind.CREDIT, ident, encode_body(n)).hex()
+
+
+def session_call_hex(ident: int, session_id: int) -> str:
+    """add(1, 2) as a call of session ``session_id`` (docs/protocol.md section 6.6)."""
+    return session_call(bytes.fromhex(call(ident, "add", ["01", "02"])), session_id).hex()
 
 
 def h(value: object) -> str:
@@ -317,10 +324,59 @@ def main() -> None:
             "exit": "nonzero",
         },
     ]
-    features = [
+    # Feature vectors: run on the main worker after 'serving', only when its HELLO lists the
+    # feature (docs/protocol.md section 6.6 for "session").
+    session = []
+    i = nid()
+    session.append(
+        {
+            "name": "session.call_in_an_open_session",
+            "doc": "SESSION_OPEN 7, then add(1, 2) with the SESSION flag naming session 7 -> 3",
+            "send": [encode_frame(Kind.SESSION_OPEN, 7).hex() + session_call_hex(i, 7)],
+            "expect": [{"kind": 3, "id": i, "body": "03"}],
+        }
+    )
+    i = nid()
+    session.append(
+        {
+            "name": "session.unknown_session",
+            "doc": "a SESSION call naming a session never opened -> ERROR session, not run",
+            "send": [session_call_hex(i, 0xFFFFFFF0)],
+            "expect": [{"kind": 4, "id": i, "error": {"kind": "session"}}],
+        }
+    )
+    i = nid()
+    session.append(
+        {
+            "name": "session.closed_session",
+            "doc": "SESSION_OPEN 8, SESSION_CLOSE 8, then a call in session 8 -> ERROR session",
+            "send": [
+                encode_frame(Kind.SESSION_OPEN, 8).hex()
+                + encode_frame(Kind.SESSION_CLOSE, 8).hex()
+                + session_call_hex(i, 8)
+            ],
+            "expect": [{"kind": 4, "id": i, "error": {"kind": "session"}}],
+        }
+    )
+    i = nid()
+    session.append(
+        {
+            "name": "session.short_body",
+            "doc": "a SESSION call whose body is shorter than the 4-byte session id -> ERROR "
+            "decode, and the worker keeps serving",
+            "send": [
+                encode_frame(Kind.CALL, i, b"\x00\x01", SESSION).hex(),
+                encode_frame(Kind.PING, i + 1000).hex(),
+            ],
+            "expect": [
+                {"kind": 4, "id": i, "error": {"kind": "decode"}},
+                {"kind": 6, "id": i + 1000, "pong": True},
+            ],
+        }
+    )
+    stream = [
         {
             "name": "stream.items_then_end",
-            "feature": "stream",
             "doc": "CALL count(3) with STREAM and CREDIT 8 -> three STREAM_ITEMs, STREAM_END",
             "send": [call(60, "count", ["03"], flags=STREAM) + credit(60, 8)],
             "expect": [
@@ -332,7 +388,6 @@ def main() -> None:
         },
         {
             "name": "stream.waits_for_credit",
-            "feature": "stream",
             "doc": "CALL count(2) with STREAM and no credit, CREDIT 5 in a later write -> two "
             "items and STREAM_END (none before the credit)",
             "send": [call(61, "count", ["02"], flags=STREAM), credit(61, 5)],
@@ -344,7 +399,6 @@ def main() -> None:
         },
         {
             "name": "stream.cancel_while_waiting",
-            "feature": "stream",
             "doc": "CALL count(1000) with STREAM, no credit, then CANCEL -> ERROR cancelled",
             "send": [
                 call(62, "count", [h(1000)], flags=STREAM) + encode_frame(Kind.CANCEL, 62).hex()
@@ -353,14 +407,12 @@ def main() -> None:
         },
         {
             "name": "stream.not_a_generator",
-            "feature": "stream",
             "doc": "STREAM on a command that returns a value -> ERROR bad_call",
             "send": [call(63, "echo", ["01"], flags=STREAM) + credit(63, 8)],
             "expect": [{"kind": 4, "id": 63, "error": {"kind": "bad_call"}}],
         },
         {
             "name": "stream.stray_credit_ignored",
-            "feature": "stream",
             "doc": "CREDIT for an id that is no stream, then add(1, 2) -> only the RESULT",
             "send": [credit(999, 4) + call(64, "add", ["01", "02"])],
             "expect": [{"kind": 3, "id": 64, "body": "03"}],
@@ -379,8 +431,9 @@ def main() -> None:
             "run one after another on one worker; 'alone' ones each on a fresh worker, with "
             "SNAKEDEN_MAX_FRAME=max_frame if given, and exit = zero/nonzero the status the "
             "worker must end with. skip_if_codec: skip for a worker whose HELLO codecs list it. "
-            "'features' vectors run on the serving worker only when its HELLO features list "
-            "their 'feature' (they then need the commands in contract_features)."
+            "'features' maps a HELLO feature to vectors run like 'serving' ones, only on a "
+            "worker whose HELLO features list it; such a worker also serves the commands "
+            "contract_features names for it."
         ),
         "protocol": 1,
         "contract": ["echo", "add", "fail", "sleep", "shout", "blob"],
@@ -388,7 +441,7 @@ def main() -> None:
         "serving": serving,
         "alone": alone,
         "contract_features": {"stream": ["count"]},
-        "features": features,
+        "features": {"session": session, "stream": stream},
     }
     HERE.write_text(json.dumps(doc, indent=1) + "\n")
 
