@@ -24,6 +24,7 @@ from snakeden._errors import (
 from snakeden._protocol import (
     BATCH,
     BY_REFERENCE,
+    FLAT,
     HEADER_SIZE,
     PICKLE,
     Frame,
@@ -57,10 +58,12 @@ def encode_call(
     pickle: bool,
     max_frame_size: int,
     batch: bool = False,
+    flat: bool = False,
     shm: tuple[int, str] | None = None,
 ) -> tuple[str, int, bytes]:
     """``(name, flags, body)`` for a CALL frame. Fails before anything is sent.
 
+    ``flat`` (with ``batch``): ``args`` holds one positional argument per item (BATCH|FLAT).
     ``shm`` is ``(threshold, run_tag)``: large top-level byte buffers go by shared memory."""
     name, flags = command_name(cmd)
     if shm is not None and not batch:
@@ -69,12 +72,12 @@ def encode_call(
     # array, a worker in any language reads it. Only tuples inside the arguments are EXT_TUPLE.
     if pickle:
         flags |= PICKLE
-    elif batch:
-        args = [list(a) for a in args]
+    elif batch and not flat:
+        args = [a if type(a) is list else list(a) for a in args]
     elif type(args) is not list:
         args = list(args)
     if batch:
-        flags |= BATCH
+        flags |= BATCH | (FLAT if flat else 0)
     try:
         body = encode_body([name, args, kwargs], flags & PICKLE)
     except Exception as exc:

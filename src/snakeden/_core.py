@@ -183,6 +183,10 @@ class PoolCore:
         if act is not None:
             self.sup.act(act)
 
+    def count(self, w: WorkerHandle, outcome: Outcome, wait: float, latency: float) -> None:
+        """Count a call that ran on a lease that goes on (``map``'s chunks)."""
+        self.checkout.count(w, outcome, wait, latency)
+
     # --- a call's way through ----------------------------------------------------------------
 
     def encode_call(
@@ -192,6 +196,7 @@ class PoolCore:
         kwargs: dict[str, Any] | None,
         *,
         batch: bool,
+        flat: bool = False,
     ) -> tuple[str, int, bytes]:
         """``(name, flags, body)`` of a CALL with this pool's codec, frame limit and shm."""
         return encode_call(
@@ -201,6 +206,7 @@ class PoolCore:
             pickle=self.pickle,
             max_frame_size=self.config.max_frame_size,
             batch=batch,
+            flat=flat,
             shm=self.shm,
         )
 

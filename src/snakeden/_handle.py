@@ -117,6 +117,7 @@ class WorkerHandle:
         # Its HELLO lists the "trace" feature: an instrumented pool sends it the caller's trace
         # context (the CONTEXT flag). Never set for a worker that did not ask.
         self.takes_context = False
+        self.takes_flat = False  # BATCH|FLAT calls (HELLO feature "map_flat")
         self.close_on_release = False  # exited while leased: the last lease holder closes fds
         self.gone = threading.Event()  # exit status known and output drained
         self.gone_waiters: list[asyncio.Future[None]] = []

@@ -60,6 +60,10 @@ class Flag(enum.IntFlag):
     # CALL only: the body has a 4th element, a map of W3C Trace Context headers. Sent only to a
     # worker whose HELLO lists the "trace" feature (docs/protocol.md section 6.2).
     CONTEXT = 0x08
+    # BATCH with one positional argument per item (docs/protocol.md section 6.2.2). CALL: body
+    # is [command, [arg, ...], kwargs]; RESULT: [value, ...], every item succeeded. Sent only
+    # to a worker whose HELLO lists the "map_flat" feature.
+    FLAT = 0x40
 
 
 # Plain ints for the hot paths: IntFlag arithmetic costs ~0.7us per operation.
@@ -67,12 +71,15 @@ PICKLE: Final = int(Flag.PICKLE)
 BY_REFERENCE: Final = int(Flag.BY_REFERENCE)
 BATCH: Final = int(Flag.BATCH)
 CONTEXT: Final = int(Flag.CONTEXT)
+FLAT: Final = int(Flag.FLAT)
 
 #: HELLO ``features`` value of a worker that accepts CONTEXT on its CALLs.
 FEATURE_TRACE: Final = "trace"
 #: HELLO ``features`` value of a worker that notes each call's id in the host's "begun" slot
 #: before it runs it (a local worker sharing ``/dev/shm`` with its host; see ``_shm``).
 FEATURE_BEGUN: Final = "begun"
+#: HELLO ``features`` value of a worker that takes BATCH|FLAT calls (one argument per item).
+FEATURE_FLAT: Final = "map_flat"
 
 
 class ProtocolViolation(Exception):

@@ -40,6 +40,7 @@ from snakeden._output import OutputTail, tail_text
 from snakeden._process import Launcher, LaunchSpec
 from snakeden._protocol import (
     FEATURE_BEGUN,
+    FEATURE_FLAT,
     FEATURE_TRACE,
     PROTOCOL_VERSION,
     Frame,
@@ -336,6 +337,7 @@ class Supervisor:
             tuple(f for f in listed if isinstance(f, str)) if isinstance(listed, list) else ()
         )
         w.takes_context = FEATURE_TRACE in features
+        w.takes_flat = FEATURE_FLAT in features
         return features
 
     def _break(self, cause: WorkerStartError) -> None:

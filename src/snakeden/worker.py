@@ -31,7 +31,9 @@ from snakeden._protocol import (
     CONTEXT,
     DEFAULT_MAX_FRAME_SIZE,
     FEATURE_BEGUN,
+    FEATURE_FLAT,
     FEATURE_TRACE,
+    FLAT,
     HEADER_SIZE,
     PICKLE,
     Frame,
@@ -45,6 +47,7 @@ from snakeden._protocol import (
     error_body,
     hello_body,
 )
+from snakeden._worker_batch import run_batch, run_flat
 from snakeden._worker_bodies import (
     _clip,
     _clip_head,
@@ -232,7 +235,7 @@ class _Server:
             self._run_traced(frame, flags, fn, name, args, kwargs, context)
             return
         if frame.flags & BATCH:
-            self._reply(frame.id, flags, self._run_batch(fn, args, kwargs, flags), name)
+            self._reply(frame.id, *self._run_batch(fn, args, kwargs, frame.flags), name)
             return
         try:
             result = self._invoke(fn, args, kwargs)
@@ -256,7 +259,7 @@ class _Server:
         span = _tracing.start(context, name, self.worker_id)
         if span is None:  # no OpenTelemetry here, or a context it cannot read: ignore it
             if frame.flags & BATCH:
-                self._reply(frame.id, flags, self._run_batch(fn, args, kwargs, flags), name)
+                self._reply(frame.id, *self._run_batch(fn, args, kwargs, frame.flags), name)
                 return
             try:
                 result = self._invoke(fn, args, kwargs)
@@ -266,10 +269,10 @@ class _Server:
             self._reply(frame.id, flags, result, name)
             return
         if frame.flags & BATCH:
-            results = self._run_batch(fn, args, kwargs, flags)
-            failed = any(not ok for ok, _ in results)
+            reply_flags, results = self._run_batch(fn, args, kwargs, frame.flags)
+            failed = not reply_flags & FLAT and any(not ok for ok, _ in results)
             _tracing.end(span, "failed" if failed else "ok")
-            self._reply(frame.id, flags, results, name)
+            self._reply(frame.id, reply_flags, results, name)
             return
         try:
             result = self._invoke(fn, args, kwargs)
@@ -288,24 +291,18 @@ class _Server:
             raise LookupError(f"unknown command {name!r}")
         return fn
 
-    def _run_batch(self, fn: Callable[..., Any], batch: Any, kwargs: Any, flags: int) -> list[Any]:
-        # One tight loop; each item runs exactly once and gets its own outcome.
-        results: list[Any] = []
-        append = results.append
-        isawaitable = inspect.isawaitable
-        i = 0
-        while i < len(batch):
-            try:
-                for args in batch[i:]:
-                    value = fn(*args, **kwargs)
-                    if isawaitable(value):
-                        value = self._await(value)
-                    append([True, value])
-                    i += 1
-            except BaseException as exc:
-                append([False, self._exception_body(self._as_bad_call(exc), flags)])
-                i += 1
-        return results
+    def _run_batch(
+        self, fn: Callable[..., Any], batch: Any, kwargs: Any, flags: int
+    ) -> tuple[int, list[Any]]:
+        """``(reply flags, results)`` of a BATCH call (see _worker_batch)."""
+
+        def error(exc: BaseException) -> dict[str, Any]:
+            return self._exception_body(self._as_bad_call(exc), flags)
+
+        if flags & FLAT:
+            flat, results = run_flat(fn, batch, kwargs, self._await, error)
+            return (flags | FLAT if flat else flags & PICKLE), results
+        return flags & PICKLE, run_batch(fn, batch, kwargs, self._await, error)
 
     def _invoke(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         try:
@@ -449,6 +446,7 @@ def serve(
         features=[
             *([FEATURE_TRACE] if traced else []),
             *([FEATURE_BEGUN] if server.begun is not None else []),
+            FEATURE_FLAT,
         ],
     )
     try:

@@ -135,6 +135,14 @@ def metrics(s: Settings) -> list[Metric]:
             "higher",
             pooled_median("map_calls_per_s"),
         ),
+        Metric(
+            "throughput",
+            "throughput.map_default",
+            "map, default chunksize",
+            "calls/s",
+            "higher",
+            pooled_median("map_default_calls_per_s"),
+        ),
     ]
     for size, _ in s.payload:
         out.append(

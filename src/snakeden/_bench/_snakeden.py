@@ -72,7 +72,7 @@ class SnakedenSyncHandle(SyncHandle):
     def _submit(self, command: str, *args: Any) -> cf.Future[Any]:
         return self._pool.submit(command, *args)
 
-    def map(self, command: str, items: list[Any], chunksize: int) -> list[Any]:
+    def map(self, command: str, items: list[Any], chunksize: int | None) -> list[Any]:
         return list(self._pool.map(command, items, chunksize=chunksize))
 
     def _submit_with_timeout(self, command: str, timeout: float, *args: Any) -> cf.Future[Any]:
@@ -217,6 +217,11 @@ async def _run_async(
             if len(results) != n:
                 raise RuntimeError(f"map returned {len(results)} results for {n} items")
             out.note(f"bulk: await map() with chunksize={s.chunksize}")
+            t0 = time.perf_counter()
+            results = await pool.map("echo", items)
+            out.add("map_default_calls_per_s", n / (time.perf_counter() - t0))
+            if len(results) != n:
+                raise RuntimeError(f"map returned {len(results)} results for {n} items")
         async with _pool(s.size, pipeline=16) as pool:
             await asyncio.gather(*(pool.call("echo", b"x") for _ in range(s.warmup_calls)))
             t0 = time.perf_counter()
