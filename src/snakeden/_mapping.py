@@ -42,9 +42,9 @@ if TYPE_CHECKING:
     from snakeden._progress import Tracker
 
 #: Chunks in flight per worker: one running, the next ones already in its pipe.
-MAP_DEPTH = int(__import__("os").environ.get("XD", "4"))
+MAP_DEPTH = 4
 #: Refill when this few are left, so that several chunks go in one write.
-MAP_REFILL_AT = int(__import__("os").environ.get("XR", "2"))
+MAP_REFILL_AT = 2
 AUTO_CHUNKS_PER_WORKER = 4
 AUTO_MAX_CHUNK = 1024
 #: Blocking lanes only: more than one chunk in flight only while all of them fit in this many
