@@ -448,7 +448,13 @@ class BlockingLane:
                 core.call_lost(w, lost, waited, t_prev, 0)
             return
         while True:
-            while budget and not self.cancelled and len(inflight) < MAP_DEPTH:
+            batch: list[bytes] = []  # refilled in one write, as the asyncio lanes do
+            while (
+                budget
+                and not self.cancelled
+                and len(inflight) < MAP_DEPTH
+                and (len(inflight) <= MAP_REFILL_AT or batch)
+            ):
                 if inflight and (job.others_waiting() or inflight_bytes >= BLOCKING_PIPELINE_BYTES):
                     break
                 chunk = job.take()
@@ -459,18 +465,17 @@ class BlockingLane:
                     break
                 budget -= 1
                 ident = channel.next_id()
-                data = job.frame(chunk, ident, w)
+                batch.append(job.frame(chunk, ident, w))
+                written += len(batch[-1])
+                inflight_bytes += len(batch[-1])
+                inflight.append((chunk, ident, written))
+            if batch:
                 try:
-                    channel.write_blocking(data, None)
+                    channel.write_blocking(batch[0] if len(batch) == 1 else b"".join(batch), None)
                 except ChannelLost as lost:
-                    # This chunk never reached the worker whole: it goes back; the ones before
-                    # it are judged by what the worker began.
-                    job.put_back(chunk)
+                    # Judged by what the worker began (a chunk not written whole never was).
                     self._after_loss(w, inflight, written, lost, waited=waited, t1=t_prev)
                     return
-                written += len(data)
-                inflight_bytes += len(data)
-                inflight.append((chunk, ident, written))
             if not inflight:
                 break
             chunk, ident, _end = inflight[0]
