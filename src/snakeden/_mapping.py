@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from snakeden import _regions
 from snakeden._calls import Command, decode_reply, error_from_body
 from snakeden._channel import ChannelLost, ident_begun
 from snakeden._core import MAX_DISPATCHES
@@ -150,6 +151,7 @@ class MapJob:
     def reply(self, chunk: _Chunk, frame: Frame) -> Outcome:
         """Store a chunk's results; the outcome to count. Raises ProtocolError for a reply that
         breaks the protocol (the caller kills the worker)."""
+        _regions.reading(None)  # batches never go through a region
         try:
             pairs = decode_reply(frame, self.name)
         except ProtocolError:

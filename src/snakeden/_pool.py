@@ -147,14 +147,15 @@ class Pool:
             w, waited = await core.checkout_async(cfg.queue_timeout)
             t1 = time.perf_counter()
             w.current_command = name  # for the live view (snakeden top)
+            sent = body if type(body) is bytes else core.place(w, body)  # type: ignore[arg-type]
             channel = w.channel
             assert channel is not None
             ident = channel.next_id()
             fut = channel.expect(ident)
             if core.tracing is None:
-                data = encode_header(Kind.CALL, ident, len(body), flags) + body
+                data = encode_header(Kind.CALL, ident, len(sent), flags) + sent
             else:  # opens the call's span; the worker may get its trace context
-                data = core.tracing.call_frame(w, name, ident, flags, body, waited, attempt)
+                data = core.tracing.call_frame(w, name, ident, flags, sent, waited, attempt)
             channel.send(data, ident)
             timer = None
             if timeout is not None:

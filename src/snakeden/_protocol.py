@@ -80,6 +80,8 @@ FEATURE_TRACE: Final = "trace"
 FEATURE_BEGUN: Final = "begun"
 #: HELLO ``features`` value of a worker that takes BATCH|FLAT calls (one argument per item).
 FEATURE_FLAT: Final = "map_flat"
+#: HELLO ``features`` value of a worker that mapped its shared-memory regions (see _regions).
+FEATURE_REGIONS: Final = "shm_regions"
 
 
 class ProtocolViolation(Exception):
@@ -218,7 +220,7 @@ def check_frame_size(body_len: int, max_frame_size: int) -> None:
 
 
 #: MessagePack extension type of a tuple: the payload is the MessagePack array of its items, so a
-#: tuple survives the round trip at any depth instead of arriving as a list. ``_shm.EXT_SHM`` is 42.
+#: tuple survives the round trip at any depth instead of arriving as a list. (42: _regions.)
 EXT_TUPLE: Final = 43
 
 _local = threading.local()
@@ -301,15 +303,16 @@ def encode_body(obj: Any, flags: int = 0) -> bytes:
     return _pack(obj)
 
 
-def decode_body(frame: Frame, ext_hook: Any = None) -> Any:
+def decode_body(frame: Frame, ext_hook: Any = None, buffers: Any = None) -> Any:
     """Deserialise a frame's body according to its flags. Empty bodies decode to ``None``.
 
-    ``ext_hook`` handles MessagePack extension values other than tuples (the shared-memory
-    references of ``_shm``); this module itself never does I/O."""
+    ``ext_hook`` handles MessagePack extension values other than tuples, ``buffers`` a pickle's
+    out-of-band buffers (both: the shared-memory references of ``_regions``); this module itself
+    never does I/O."""
     if not frame.body:
         return None
     if frame.flags & PICKLE:
-        return pickle.loads(frame.body)
+        return pickle.loads(frame.body, buffers=buffers)
     hook = _hooks.get(ext_hook)
     if hook is None:
         hook = _hooks[ext_hook] = _hook_for(ext_hook)

@@ -22,7 +22,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from snakeden import _commands, _shm
+from snakeden import _commands, _regions, _shm
 from snakeden import _worker_tracing as _tracing
 from snakeden._output import log_line
 from snakeden._protocol import (
@@ -32,6 +32,7 @@ from snakeden._protocol import (
     DEFAULT_MAX_FRAME_SIZE,
     FEATURE_BEGUN,
     FEATURE_FLAT,
+    FEATURE_REGIONS,
     FEATURE_TRACE,
     FLAT,
     HEADER_SIZE,
@@ -119,10 +120,9 @@ class _Server:
         self.max_frame_size = max_frame_size
         self.calls = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        threshold = os.environ.get("SNAKEDEN_SHM_THRESHOLD")
-        self.shm_threshold = int(threshold) if threshold else None
         self.run_tag = os.environ.get("SNAKEDEN_RUN_TAG", "")
         worker_id = os.environ.get("SNAKEDEN_WORKER_ID", "")
+        self.shared = _regions.WorkerSide.open(self.run_tag, worker_id)
         # The host's record of which call this worker began (see _shm.begun_path).
         self.begun = (
             _shm.map_slot(_shm.begun_path(self.run_tag, worker_id), create=False)
@@ -186,7 +186,7 @@ class _Server:
         # "decode" errors go out in MessagePack whatever the call's codec (docs/protocol.md
         # §5): the host can read them even when the call's codec is what failed.
         try:
-            body = decode_body(frame, _shm.ext_hook)
+            body = decode_body(frame) if self.shared is None else self.shared.decode(frame)
         except Exception as exc:
             message = f"the worker could not decode the call: {_text(exc)}"
             self.send_error(
@@ -235,7 +235,7 @@ class _Server:
             self._run_traced(frame, flags, fn, name, args, kwargs, context)
             return
         if frame.flags & BATCH:
-            self._reply(frame.id, *self._run_batch(fn, args, kwargs, frame.flags), name)
+            self._reply(frame.id, *self._run_batch(fn, args, kwargs, frame.flags), name, batch=True)
             return
         try:
             result = self._invoke(fn, args, kwargs)
@@ -259,7 +259,9 @@ class _Server:
         span = _tracing.start(context, name, self.worker_id)
         if span is None:  # no OpenTelemetry here, or a context it cannot read: ignore it
             if frame.flags & BATCH:
-                self._reply(frame.id, *self._run_batch(fn, args, kwargs, frame.flags), name)
+                self._reply(
+                    frame.id, *self._run_batch(fn, args, kwargs, frame.flags), name, batch=True
+                )
                 return
             try:
                 result = self._invoke(fn, args, kwargs)
@@ -272,7 +274,7 @@ class _Server:
             reply_flags, results = self._run_batch(fn, args, kwargs, frame.flags)
             failed = not reply_flags & FLAT and any(not ok for ok, _ in results)
             _tracing.end(span, "failed" if failed else "ok")
-            self._reply(frame.id, reply_flags, results, name)
+            self._reply(frame.id, reply_flags, results, name, batch=True)
             return
         try:
             result = self._invoke(fn, args, kwargs)
@@ -362,11 +364,14 @@ class _Server:
             pickled=_pickled(exc, small) if flags & PICKLE else None,
         )
 
-    def _reply(self, ident: int, flags: int, result: Any, name: str) -> None:
+    def _reply(
+        self, ident: int, flags: int, result: Any, name: str, *, batch: bool = False
+    ) -> None:
         try:
-            if self.shm_threshold is not None and not flags:
-                result = _shm.export_result(result, self.shm_threshold, self.run_tag)
-            data = encode_body(result, flags)
+            if self.shared is None or batch:  # a batch's chunks may be in flight several at once
+                data = encode_body(result, flags)
+            else:
+                data = self.shared.encode(result, flags)
             check_frame_size(len(data), self.max_frame_size)
         except BaseException as exc:  # even SystemExit from a __reduce__, as ProcessPoolExecutor
             codec = "pickle" if flags else "MessagePack"
@@ -446,6 +451,7 @@ def serve(
         features=[
             *([FEATURE_TRACE] if traced else []),
             *([FEATURE_BEGUN] if server.begun is not None else []),
+            *([FEATURE_REGIONS] if server.shared is not None else []),
             FEATURE_FLAT,
         ],
     )

@@ -117,22 +117,22 @@ def _new_pool(
     size: int,
     preload: tuple[str, ...] = (),
     pipeline: int = 1,
-    shm_threshold: int | None = None,
     *,
     command: list[str] | None = None,
+    by_pipe: bool = False,
 ) -> snakeden.Pool:
+    """A pool with default settings but for what is named (``by_pipe``: shm_threshold=None)."""
+    options: snakeden.PoolOptions = {"size": size, "pipeline": pipeline}
+    if by_pipe:
+        options["shm_threshold"] = None
     if command is not None:
-        if preload or shm_threshold is not None:
-            raise NotApplicable("a Node worker has no preload and no shared-memory path")
-        return snakeden.Pool(command=command, size=size, pipeline=pipeline)
-    return snakeden.Pool(
-        SNAKEDEN_MODULES[preload],
-        size=size,
-        start_method=START_METHOD,
-        preload=list(preload),
-        pipeline=pipeline,
-        shm_threshold=shm_threshold,
-    )
+        if preload:
+            raise NotApplicable("a Node worker has no preload")
+        options["command"] = command
+        return snakeden.Pool(**options)
+    options["start_method"] = START_METHOD
+    options["preload"] = list(preload)
+    return snakeden.Pool(SNAKEDEN_MODULES[preload], **options)
 
 
 @contextlib.asynccontextmanager
@@ -240,22 +240,25 @@ async def _run_async(
                     t0 = time.perf_counter()
                     await pool.call("echo", data)
                     out.add(f"rtt_s_{size}", time.perf_counter() - t0)
-        shm_from = 1 << 20
         if command is not None:
-            out.note("no shm rows: the Node runtime has no shared-memory path")
+            out.note("no pipe-only rows: the Node runtime has no shared-memory path anyway")
             return out
-        async with _pool(s.size, shm_threshold=shm_from) as pool:
+        async with _pool(s.size, by_pipe=True) as pool:
             await _probe_all(pool, s.size, s.hold_s)
+            pin_caller_and_pool(out)
             for size, calls in s.payload:
-                if size < shm_from:
+                if size < 1 << 20:
                     continue
                 data = os.urandom(size)
                 await pool.call("echo", data)
                 for _ in range(calls):
                     t0 = time.perf_counter()
                     await pool.call("echo", data)
-                    out.add(f"rtt_shm_s_{size}", time.perf_counter() - t0)
-            out.note(f"shm rows: Pool(shm_threshold={shm_from}), buffers by /dev/shm")
+                    out.add(f"rtt_pipe_s_{size}", time.perf_counter() - t0)
+            out.note(
+                "default pools send buffers of 64 KiB and more by shared memory; "
+                "pipe rows: Pool(shm_threshold=None)"
+            )
     elif scenario == "coldstart":
         assert variant is not None
         count = int(variant)
