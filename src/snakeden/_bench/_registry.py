@@ -86,6 +86,15 @@ CONTENDERS: tuple[Contender, ...] = (
         runner="snakeden._bench._snakeden:run_sync",
     ),
     Contender(
+        "snakeden-uvloop",
+        "snakeden Pool (asyncio on uvloop)",
+        "snakeden",
+        _FAST,
+        requires=("uvloop",),
+        runner="snakeden._bench._snakeden:run_uvloop",
+        why_not="the event loop only changes the call path (snakeden[fast])",
+    ),
+    Contender(
         "snakeden-node",
         "snakeden Pool (asyncio), Node.js worker",
         "snakeden",

@@ -97,6 +97,20 @@ def run_async(
     return asyncio.run(_run_async(scenario, variant, s, ctx))
 
 
+def run_uvloop(
+    contender: str, scenario: str, variant: str | None, s: Settings, ctx: Context
+) -> Outcome:
+    """The asyncio front on uvloop's event loop (``snakeden[fast]``): same scenarios."""
+    import uvloop
+
+    if scenario not in ("latency", "throughput", "payload"):
+        raise NotApplicable(f"{scenario} does not depend on the event loop")
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        out = runner.run(_run_async(scenario, variant, s, ctx))
+    out.info["loop"] = f"uvloop {uvloop.__version__}"
+    return out
+
+
 def run_node(
     contender: str, scenario: str, variant: str | None, s: Settings, ctx: Context
 ) -> Outcome:
