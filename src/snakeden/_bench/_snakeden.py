@@ -10,6 +10,7 @@ import asyncio
 import concurrent.futures as cf
 import contextlib
 import functools
+import importlib.metadata
 import os
 import signal
 import time
@@ -107,7 +108,7 @@ def run_uvloop(
         raise NotApplicable(f"{scenario} does not depend on the event loop")
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         out = runner.run(_run_async(scenario, variant, s, ctx))
-    out.info["loop"] = f"uvloop {uvloop.__version__}"
+    out.info["loop"] = f"uvloop {importlib.metadata.version('uvloop')}"
     return out
 
 
