@@ -15,7 +15,16 @@ from typing import Any, Final, Literal
 import psutil
 
 #: Every scenario, in the order they run and are reported.
-SCENARIOS: Final = ("latency", "throughput", "payload", "coldstart", "kill", "hang", "memory")
+SCENARIOS: Final = (
+    "latency",
+    "throughput",
+    "payload",
+    "coldstart",
+    "kill",
+    "hang",
+    "memory",
+    "scale",
+)
 
 #: The worker module snakeden pools load, and what the cold-start workers import at start-up.
 WORKER_MODULE: Final = "snakeden._bench.workers"
@@ -62,6 +71,13 @@ class Settings:
     hang_timeout_s: float = 1.0
     hang_sleep_s: int = 10
     memory_size: int = 4
+    # scale: a pool of scale_workers with scale_callers calls at once, then scale_many_callers
+    # at once on scale_many_workers; scale_calls calls each
+    scale_workers: int = 100
+    scale_callers: int = 100
+    scale_many_workers: int = 16
+    scale_many_callers: int = 1000
+    scale_calls: int = 20_000
     measure_timeout_s: float = 300.0  # hard limit on one measurement process
 
     @classmethod
@@ -75,6 +91,7 @@ class Settings:
                 "kill": 3,
                 "hang": 3,
                 "memory": 2,
+                "scale": 2,
             }
             return cls(mode=mode, reps=reps)
         if mode == "short":
@@ -92,6 +109,7 @@ class Settings:
                 recovery_deadline_s=15.0,
                 hang_sleep_s=5,
                 memory_size=2,
+                scale_calls=5_000,
                 measure_timeout_s=120.0,
             )
         return cls(
@@ -108,6 +126,11 @@ class Settings:
             recovery_deadline_s=10.0,
             hang_sleep_s=3,
             memory_size=1,
+            scale_workers=3,
+            scale_callers=6,
+            scale_many_workers=2,
+            scale_many_callers=20,
+            scale_calls=200,
             measure_timeout_s=60.0,
         )
 

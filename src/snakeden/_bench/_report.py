@@ -169,6 +169,42 @@ def metrics(s: Settings) -> list[Metric]:
                     floors,
                 )
             )
+    many = f"{s.scale_many_callers:,} callers, {s.scale_many_workers} workers"
+    out += [
+        Metric(
+            "scale",
+            "scale.ready",
+            f"{s.scale_workers} workers: start to all ready",
+            "s",
+            "lower",
+            rep_median("scale_ready_s"),
+        ),
+        Metric(
+            "scale",
+            "scale.calls",
+            f"{s.scale_workers} workers, {s.scale_callers} callers",
+            "calls/s",
+            "higher",
+            rep_median("scale_calls_per_s"),
+        ),
+        Metric(
+            "scale",
+            "scale.cpu",
+            f"{s.scale_workers} workers, {s.scale_callers} callers: host CPU per call",
+            "µs",
+            "lower",
+            rep_median("scale_cpu_s", 1e6),
+        ),
+        Metric("scale", "scale.many", many, "calls/s", "higher", rep_median("many_calls_per_s")),
+        Metric(
+            "scale",
+            "scale.many_cpu",
+            f"{many}: host CPU per call",
+            "µs",
+            "lower",
+            rep_median("many_cpu_s", 1e6),
+        ),
+    ]
     one = str(min(s.coldstart_sizes))
     for n in s.coldstart_sizes:
         ready = rep_median("ready_s", variant=str(n))
@@ -257,6 +293,11 @@ def scenario_title(scenario: str, s: Settings) -> str:
             f"pool of {s.size} (times from the call)"
         ),
         "memory": f"Memory: pool of {s.memory_size} with numpy loaded",
+        "scale": (
+            f"Scale: {s.scale_workers} workers ({s.scale_callers} callers at once), then "
+            f"{s.scale_many_callers:,} callers at once on {s.scale_many_workers} workers; "
+            f"{s.scale_calls:,} trivial calls each"
+        ),
     }[scenario]
 
 

@@ -13,6 +13,7 @@ import functools
 import importlib.metadata
 import os
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Final
@@ -88,7 +89,49 @@ class SnakedenSyncHandle(SyncHandle):
 def run_sync(
     contender: str, scenario: str, variant: str | None, s: Settings, ctx: Context
 ) -> Outcome:
+    if scenario == "scale":
+        return _scale_sync(s)
     return run_scenario(SnakedenSyncHandle, scenario, variant, s, ctx)
+
+
+def _scale_sync(s: Settings) -> Outcome:
+    out = Outcome()
+    t0 = time.perf_counter()
+    with snakeden.SyncPool(
+        SNAKEDEN_MODULES[()], size=s.scale_workers, start_method=START_METHOD
+    ) as pool:
+        out.add("scale_ready_s", time.perf_counter() - t0)
+        _callers_sync(pool, s.scale_callers, s.scale_calls, out, "scale")
+    with snakeden.SyncPool(
+        SNAKEDEN_MODULES[()], size=s.scale_many_workers, start_method=START_METHOD
+    ) as pool:
+        _callers_sync(pool, s.scale_many_callers, s.scale_calls, out, "many")
+    out.note("callers: threads, each making its share of the calls with call()")
+    return out
+
+
+def _callers_sync(
+    pool: snakeden.SyncPool, callers: int, calls: int, out: Outcome, key: str
+) -> None:
+    per = max(1, calls // callers)
+    start = threading.Barrier(callers + 1)
+
+    def caller() -> None:
+        pool.call("echo", b"x")  # warm: every thread has had a worker once
+        start.wait()
+        for _ in range(per):
+            pool.call("echo", b"x")
+
+    threads = [threading.Thread(target=caller) for _ in range(callers)]
+    for t in threads:
+        t.start()
+    start.wait()
+    c0, t0 = time.process_time(), time.perf_counter()
+    for t in threads:
+        t.join()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    out.add(f"{key}_calls_per_s", per * callers / wall)
+    out.add(f"{key}_cpu_s", cpu / (per * callers))
 
 
 # -- the asyncio front ---------------------------------------------------------------------------
@@ -104,7 +147,7 @@ def run_uvloop(
     """The asyncio front on uvloop's event loop (``snakeden[fast]``): same scenarios."""
     import uvloop
 
-    if scenario not in ("latency", "throughput", "payload"):
+    if scenario not in ("latency", "throughput", "payload", "scale"):
         raise NotApplicable(f"{scenario} does not depend on the event loop")
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         out = runner.run(_run_async(scenario, variant, s, ctx))
@@ -274,6 +317,14 @@ async def _run_async(
                 "default pools send buffers of 64 KiB and more by shared memory; "
                 "pipe rows: Pool(shm_threshold=None)"
             )
+    elif scenario == "scale":
+        t0 = time.perf_counter()
+        async with _pool(s.scale_workers) as pool, _described(pool, out):
+            out.add("scale_ready_s", time.perf_counter() - t0)
+            await _callers(pool, s.scale_callers, s.scale_calls, out, "scale")
+        async with _pool(s.scale_many_workers) as pool:
+            await _callers(pool, s.scale_many_callers, s.scale_calls, out, "many")
+        out.note("callers: tasks, each making its share of the calls with await call()")
     elif scenario == "coldstart":
         assert variant is not None
         count = int(variant)
@@ -297,6 +348,22 @@ async def _run_async(
     else:
         raise NotApplicable(scenario)
     return out
+
+
+async def _callers(pool: snakeden.Pool, callers: int, calls: int, out: Outcome, key: str) -> None:
+    """``callers`` tasks at once, ``calls`` calls in all: calls/s and host CPU per call."""
+    per = max(1, calls // callers)
+
+    async def caller() -> None:
+        for _ in range(per):
+            await pool.call("echo", b"x")
+
+    await asyncio.gather(*(pool.call("echo", b"x") for _ in range(callers)))
+    c0, t0 = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(callers)))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    out.add(f"{key}_calls_per_s", per * callers / wall)
+    out.add(f"{key}_cpu_s", cpu / (per * callers))
 
 
 def _read_pid(path: str) -> int | None:
