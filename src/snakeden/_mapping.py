@@ -22,6 +22,7 @@ split in halves until it fits (one item that does not fit fails with ``PayloadTo
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures as cf
 import operator
 import threading
 import time
@@ -406,8 +407,9 @@ class BlockingLane:
         self.cancelled = False
 
     def cancel(self) -> None:
+        """Never to run (the pool shuts down with ``cancel_futures``): the map is cancelled."""
         self.cancelled = True
-        self.done(None)
+        self.done(cf.CancelledError())
 
     def __call__(self) -> None:
         job = self.job
@@ -424,7 +426,8 @@ class BlockingLane:
         except BaseException as exc:
             self.done(exc)
             return
-        self.done(None)
+        # Stopped with chunks unsent: their items have no results.
+        self.done(cf.CancelledError() if self.cancelled and job.todo else None)
 
     def _serve(self, w: WorkerHandle, waited: float) -> None:
         job = self.job

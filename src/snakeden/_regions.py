@@ -13,11 +13,10 @@ would have given), a writable ``bytearray`` under numpy's arrays for pickle. Not
 receiver holds points into the region, so reusing it for the next call cannot change a value
 anyone kept, and the pages, once touched, stay mapped: no page faults after the first call.
 
-A region holds one message at a time: the host writes a call's buffers only while that call is
-the worker's only one (otherwise the call goes by pipe), and a worker answers through its region
-only when the host said so at start-up (``SNAKEDEN_SHM_REGIONS``, set for pools that never put a
-second call on a busy worker). A writer grows its region as needed (``ftruncate``); the reader
-maps the larger file when a message reaches past what it has mapped.
+A region holds one message at a time, so only pools that never put a second call on a busy
+worker (``pipeline=1``) share regions (the host sets ``SNAKEDEN_SHM_REGIONS`` to the threshold),
+and batches (a map's chunks, several in flight) always go by pipe. A writer grows its region as
+needed (``ftruncate``); the reader maps the larger file when a message reaches past its mapping.
 
 Message layout in a region: ``u32 count``, then ``count`` x ``u64 size``, then the buffers, each
 at a 64-byte aligned offset, in index order.
@@ -50,7 +49,7 @@ MAX_SCAN_ITEMS = 256
 #: A region larger than this shrinks when a message uses less than a quarter of it.
 SHRINK_ABOVE = 16 * 1024 * 1024
 #: Environment variable with the threshold, set by a host that created the worker's regions.
-ENV = "SNAKEDEN_SHM_THRESHOLD"
+ENV = "SNAKEDEN_SHM_REGIONS"  # a new name: workers of older versions must not see it
 
 
 def _aligned(n: int) -> int:
