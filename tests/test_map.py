@@ -15,8 +15,10 @@ import pytest
 
 import snakeden
 from snakeden._mapping import AUTO_MAX_CHUNK, auto_chunksize
+from snakeden._protocol import Flag, Kind, decode_body, encode_body, encode_header
 from tests.conftest import run
 from tests.rendezvous import Rendezvous
+from tests.worker_harness import Worker
 
 MOD = "tests.workers.mapping"
 
@@ -198,3 +200,21 @@ def test_cancelled_map_gives_its_worker_back(tmp_path: pathlib.Path) -> None:
             assert pool.stats().calls_cancelled >= 1
 
     run(body())
+
+
+def test_the_python_worker_answers_flat_batches_flat() -> None:
+    """BATCH|FLAT to the Python worker: RESULT flags FLAT alone and the bare values when every
+    item succeeded (sync or async command), the plain BATCH pairs when one failed."""
+    w = Worker("tests.workers.fuzzing", max_frame_size=1 << 20)
+    try:
+        for ident, (command, items) in enumerate(
+            [("echo", [1, [2]]), ("aecho", [1, [2]]), ("echo", [])], start=1
+        ):
+            data = encode_body([command, items, {}])
+            flags = Flag.BATCH | Flag.FLAT
+            assert w.send([encode_header(Kind.CALL, ident, len(data), flags) + data])
+            frame = w.reply()
+            assert (frame.kind, frame.flags, frame.id) == (Kind.RESULT, Flag.FLAT, ident)
+            assert decode_body(frame) == items
+    finally:
+        w.close()

@@ -48,7 +48,10 @@ def run_flat(
     """``(True, [value, ...])`` when every item succeeded (the FLAT reply), else ``(False,
     [[ok, value_or_error], ...])`` as :func:`run_batch` answers."""
     if inspect.iscoroutinefunction(fn):
-        return False, run_batch(fn, [[v] for v in values], kwargs, awaited, error)
+        pairs = run_batch(fn, [[v] for v in values], kwargs, awaited, error)
+        if all(ok for ok, _ in pairs):
+            return True, [value for _, value in pairs]
+        return False, pairs
     out: list[Any] = []
     append = out.append
     try:

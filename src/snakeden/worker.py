@@ -303,7 +303,7 @@ class _Server:
 
         if flags & FLAT:
             flat, results = run_flat(fn, batch, kwargs, self._await, error)
-            return (flags | FLAT if flat else flags & PICKLE), results
+            return (flags & PICKLE) | (FLAT if flat else 0), results
         return flags & PICKLE, run_batch(fn, batch, kwargs, self._await, error)
 
     def _invoke(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
