@@ -38,7 +38,7 @@ def twice(x: Any) -> Any:
 
 @snakeden.command
 async def later(x: Any) -> Any:
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the workload: one real await (a coroutine command, not a sync one)
     return x
 
 
