@@ -114,7 +114,7 @@ def test_two_asyncio_pools_told_apart_by_label_and_uss(registry: tuple[Any, int]
             assert metrics.register(a, reg, memory="uss") == EX
             assert metrics.register(b, reg, per_worker=False) == f"{EX}-2"
             assert metrics.register(a, reg) == EX  # twice: the same label, no duplicates
-            await a.map("add", [(i, 1) for i in range(10)], star=True)
+            await a.map("add", [(i, 1) for i in range(10)], star=True, chunksize=1)  # 10 calls
             await b.call("add", 1, 2)
             s = await asyncio.to_thread(scrape, port)
             metrics.unregister(b, reg)

@@ -24,9 +24,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from snakeden._calls import encode_call
 from snakeden._protocol import (
     DEFAULT_MAX_FRAME_SIZE,
     ERROR_KINDS,
+    FEATURE_FLAT,
     FEATURE_SESSION,
     HEADER_SIZE,
     MAX_REQUEST_ID,
@@ -172,6 +174,22 @@ def assert_same(a: Any, b: Any) -> None:
         assert a == b
 
 
+def test_flat_batch_bytes() -> None:
+    """docs/protocol.md section 6.2.2: a BATCH|FLAT call of echo on 1 and 2, id 7, and the
+    all-succeeded reply."""
+    name, flags, body = encode_call(
+        "echo", [1, 2], {}, pickle=False, max_frame_size=1 << 20, batch=True, flat=True
+    )
+    assert (name, flags) == ("echo", Flag.BATCH | Flag.FLAT)
+    assert encode_header(Kind.CALL, 7, len(body), flags) + body == bytes.fromhex(
+        "00 00 00 10  02  44  00 00 00 07  93 a4 65 63 68 6f 92 01 02 80"
+    )
+    assert encode_frame(Kind.RESULT, 7, encode_body([1, 2]), Flag.FLAT) == bytes.fromhex(
+        "00 00 00 09  03  40  00 00 00 07  92 01 02"
+    )
+    assert FEATURE_FLAT == "map_flat"
+
+
 # --- frame layout -----------------------------------------------------------------------------
 
 
@@ -214,6 +232,7 @@ def test_wire_values_are_stable() -> None:
         "CONTEXT": 8,
         "STREAM": 0x10,
         "SESSION": 0x20,
+        "FLAT": 0x40,
     }
     assert PROTOCOL_VERSION == 1
     assert DEFAULT_MAX_FRAME_SIZE == 256 * 1024 * 1024

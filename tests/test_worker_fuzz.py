@@ -36,6 +36,7 @@ from snakeden._protocol import (
     BATCH,
     BY_REFERENCE,
     CONTEXT,
+    FLAT,
     HEADER_SIZE,
     MAX_REQUEST_ID,
     PICKLE,
@@ -212,12 +213,13 @@ def expect_call(frame: Frame) -> Expect:
         return decode_error
     name, args, kwargs = body
     batch = bool(frame.flags & BATCH)
+    flat = batch and bool(frame.flags & FLAT)  # one argument per item, not an args array
     if not (
         isinstance(name, str)
         and is_args(args)
         and isinstance(kwargs, dict)
         and all(isinstance(k, str) for k in kwargs)
-        and (not batch or all(is_args(a) for a in args))
+        and (not batch or flat or all(is_args(a) for a in args))
     ):
         return decode_error
     fn = REFERENCES.get(name) if frame.flags & BY_REFERENCE else COMMANDS.get(name)
@@ -228,8 +230,10 @@ def expect_call(frame: Frame) -> Expect:
         if not ok:
             return error(value)
         return _fitting(frame.id, pickled, value)
-    outcomes = [run_local(fn, a, kwargs) for a in args]
+    outcomes = [run_local(fn, [a] if flat else a, kwargs) for a in args]
     if all(ok for ok, _ in outcomes):
+        if flat:  # every item succeeded: the FLAT reply, the values alone
+            return _fitting(frame.id, pickled, [v for _, v in outcomes])
         values = [[True, v] for _, v in outcomes]
         return _fitting(frame.id, pickled, values)
 
@@ -294,9 +298,10 @@ def check_no_traceback(w: Worker) -> None:
 
 ints = st.integers(-(2**63), 2**64 - 1)  # what MessagePack can carry
 ids = st.integers(0, MAX_REQUEST_ID) | st.sampled_from([0, 1, MAX_REQUEST_ID])
-# 0x80, 0xC0: reserved, senders must not set them, ignored. 0x08 is CONTEXT: with a 3-element
-# body it changes nothing, with 4 elements the 4th is the context. (0x10 is STREAM, 0x20 is
-# SESSION, which changes the body's layout: tests/test_sessions.py and test_protocol.py.)
+# 0x80: reserved, senders must not set it, ignored. 0x08 is CONTEXT: with a 3-element body it
+# changes nothing, with 4 elements the 4th is the context. 0x40 (in 0xC0, 0xC8) is FLAT: nothing
+# without BATCH; with it, each item is one argument. (0x10 is STREAM and 0x20 is SESSION, which
+# change what a call is: tests/test_streaming.py, tests/test_sessions.py.)
 reserved_bits = st.sampled_from([0, CONTEXT, 0x80, 0xC0, 0xC8])
 leaf = (
     st.none() | st.booleans() | ints | st.floats() | st.text(max_size=10) | st.binary(max_size=10)

@@ -9,7 +9,7 @@ import pickle as _pickle
 from collections.abc import Callable
 from typing import Any
 
-from snakeden import _shm
+from snakeden import _regions
 from snakeden._commands import ByValue, reference_of
 from snakeden._errors import (
     BadCall,
@@ -25,6 +25,7 @@ from snakeden._errors import (
 from snakeden._protocol import (
     BATCH,
     BY_REFERENCE,
+    FLAT,
     HEADER_SIZE,
     KIND_ERROR,
     KIND_RESULT,
@@ -61,27 +62,79 @@ def encode_call(
     pickle: bool,
     max_frame_size: int,
     batch: bool = False,
-    shm: tuple[int, str] | None = None,
+    flat: bool = False,
+    shm: int | None = None,
 ) -> tuple[str, int, bytes]:
     """``(name, flags, body)`` for a CALL frame. Fails before anything is sent.
 
-    ``shm`` is ``(threshold, run_tag)``: large top-level byte buffers go by shared memory."""
+    ``flat`` (with ``batch``): ``args`` holds one positional argument per item (BATCH|FLAT).
+    ``shm`` is a threshold: byte buffers that large go through the worker's shared-memory region
+    (see _regions), and the body is then a :class:`RegionBody`."""
     name, flags = command_name(cmd)
-    if shm is not None and not batch:
-        args, kwargs = _shm.export_args(args, kwargs, shm[0], shm[1])
-    # The argument list (each item's, for a batch) is the envelope, not a value: sent as a plain
-    # array, a worker in any language reads it. Only tuples inside the arguments are EXT_TUPLE.
+    if batch:
+        flags |= BATCH | (FLAT if flat else 0)
     if pickle:
         flags |= PICKLE
-    elif batch:
-        args = [list(a) for a in args]
+    body = None
+    if shm is not None and not batch and not _regions.top_level_big(args, kwargs, shm):
+        body = _encode(name, flags, args, kwargs)
+        if len(body) < shm:
+            shm = None  # nothing that large inside: the pipe, at no further cost
+    if shm is not None and not batch:
+        oob: list[memoryview] = []
+        if pickle:
+            body = _encode(name, flags, args, kwargs, shm=shm, oob=oob)
+        else:
+            split_args = _regions.split(args, shm, oob)
+            split_kwargs = _regions.split(kwargs, shm, oob)
+            if oob:  # else the body above is the one
+                body = _encode(name, flags, split_args, split_kwargs)
+        if oob and body is not None:
+            body = _region_body(
+                body,
+                oob,
+                cmd=cmd,
+                args=args,
+                kwargs=kwargs,
+                pickle=pickle,
+                max_frame_size=max_frame_size,
+            )
+    if body is None:
+        body = _encode(name, flags, args, kwargs)
+    if len(body) + HEADER_SIZE > max_frame_size:
+        raise PayloadTooLarge(
+            f"the call to {name!r} is {len(body) + HEADER_SIZE} bytes, over the maximum frame "
+            f"size of {max_frame_size} bytes; send less per call or raise max_frame_size. "
+            f"Nothing was sent"
+        )
+    return name, flags, body
+
+
+def _encode(
+    name: str,
+    flags: int,
+    args: tuple[Any, ...] | list[Any],
+    kwargs: dict[str, Any],
+    *,
+    shm: int | None = None,
+    oob: list[memoryview] | None = None,
+) -> bytes:
+    """The body ``[name, args, kwargs]`` in the codec of ``flags``; with ``oob``, a pickle's
+    out-of-band buffers of ``shm`` bytes or more go there."""
+    # The argument list (each item's, for a batch) is the envelope, not a value: sent as a plain
+    # array, a worker in any language reads it. Only tuples inside the arguments are EXT_TUPLE.
+    if flags & PICKLE:
+        pass
+    elif flags & BATCH and not flags & FLAT:
+        args = [a if type(a) is list else list(a) for a in args]
     elif type(args) is not list:
         args = list(args)
-    if batch:
-        flags |= BATCH
     try:
-        body = encode_body([name, args, kwargs], flags & PICKLE)
+        if oob is not None and shm is not None:
+            return _regions.pickle_split([name, args, kwargs], shm, oob)
+        return encode_body([name, args, kwargs], flags & PICKLE)
     except Exception as exc:
+        pickle = bool(flags & PICKLE)
         codec = "pickle" if pickle else "MessagePack"
         hint = (
             "pass plain data (None, bool, int, float, str, bytes, list, tuple, dict) "
@@ -93,13 +146,33 @@ def encode_call(
             f"the arguments of {name!r} cannot be serialised with {codec}: {exc}; {hint}. "
             f"Nothing was sent"
         ) from exc
-    if len(body) + HEADER_SIZE > max_frame_size:
-        raise PayloadTooLarge(
-            f"the call to {name!r} is {len(body) + HEADER_SIZE} bytes, over the maximum frame "
-            f"size of {max_frame_size} bytes; send less per call or raise max_frame_size. "
-            f"Nothing was sent"
-        )
-    return name, flags, body
+
+
+def _region_body(
+    body: bytes,
+    oob: list[memoryview],
+    *,
+    cmd: Command,
+    args: tuple[Any, ...] | list[Any],
+    kwargs: dict[str, Any],
+    pickle: bool,
+    max_frame_size: int,
+) -> RegionBody:
+    def by_pipe() -> bytes:
+        return encode_call(cmd, args, kwargs, pickle=pickle, max_frame_size=max_frame_size)[2]
+
+    out = RegionBody(body)
+    out.buffers = oob
+    out.by_pipe = by_pipe
+    return out
+
+
+class RegionBody(bytes):
+    """A CALL body whose large buffers go through the worker's region: ``buffers`` to write
+    there first; ``by_pipe()`` encodes the call whole, for a worker without a region."""
+
+    buffers: list[memoryview]
+    by_pipe: Callable[[], bytes]
 
 
 def error_from_body(body: Any, name: str) -> Exception:
@@ -160,7 +233,9 @@ def _unpickle_exception(data: bytes, tb: str) -> Exception | None:
 def decode_reply(frame: Frame, name: str) -> Any:
     """The result of a RESULT frame; raises the mapped exception for an ERROR frame."""
     try:
-        body = decode_body(frame, _shm.ext_hook)
+        body = decode_body(
+            frame, _regions.ext_hook, _regions.pickle_buffers() if frame.flags & PICKLE else None
+        )
     except Exception as exc:
         raise ProtocolError(
             f"worker sent an undecodable reply to {name!r}: {type(exc).__name__}: {exc}"

@@ -304,6 +304,34 @@ class Channel:
         self.write_blocking(data, deadline)
         return self.read_reply_blocking(ident, deadline)
 
+    def begin_blocking(self) -> None:
+        """A lease holder's first step before several requests in flight (``map``): raises
+        ChannelLost (unsent) for a channel already lost or a worker that broke while idle."""
+        if self.lost is not None:
+            raise self.lost.for_request(unsent=True)
+        self._check_idle_input()
+
+    def read_frames_blocking(self, deadline: float | None) -> list[Frame]:
+        """One read: the frames it completed (maybe none), for a lease holder with several
+        requests in flight, which sorts them out by id itself. Raises TimeoutError or
+        ChannelLost (unsent=False: only the caller knows what each request's fate is)."""
+        if deadline is not None:
+            self._wait(self.read_fd, select.POLLIN, deadline)
+        try:
+            n = os.readv(self.read_fd, [self._rbuf])
+        except OSError as exc:
+            raise self._lost_blocking(exc, unsent=False) from None
+        if not n:
+            raise self._lost_blocking(None, unsent=False)
+        try:
+            return self.decoder.feed(self._rview[:n])
+        except ProtocolViolation as exc:
+            raise self._lost_blocking(exc, unsent=False) from None
+
+    def unread(self) -> int:
+        """Bytes written to the worker and not read by it yet."""
+        return _unread(self.write_fd)
+
     def _check_idle_input(self) -> None:
         """Nobody reads a blocking channel between calls: what a worker wrote while idle (a
         late reply, garbage, end of file) is read here, before the request is written, so a
@@ -337,23 +365,18 @@ class Channel:
             elif frame.id == ident:
                 return frame
         while True:
-            if deadline is not None:
-                self._wait(self.read_fd, select.POLLIN, deadline)
             try:
-                n = os.readv(self.read_fd, [self._rbuf])
-            except OSError as exc:
-                raise self._lost_blocking(exc, unsent=False) from None
-            if not n:
-                # The request was the last thing written: while any of it is still unread, the
-                # worker never had it whole; and a worker that notes what it begins says so.
+                frames = self.read_frames_blocking(deadline)
+            except ChannelLost as lost:
+                if lost.cause is not None:
+                    raise
+                # End of file. The request was the last thing written: while any of it is
+                # still unread, the worker never had it whole; and a worker that notes what it
+                # begins says so.
                 unsent = _unread(self.write_fd) > 0 or (
                     self.begun is not None and self.begun[0] != ident
                 )
-                raise self._lost_blocking(None, unsent=unsent)
-            try:
-                frames = self.decoder.feed(self._rview[:n])
-            except ProtocolViolation as exc:
-                raise self._lost_blocking(exc, unsent=False) from None
+                raise lost.for_request(unsent) from None
             # One lease, one request at a time: any other id is a late reply to a request
             # whose caller gave up, and is dropped.
             for i, frame in enumerate(frames):

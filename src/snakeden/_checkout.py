@@ -236,6 +236,17 @@ class Checkout(SessionCheckout[Waiter]):
                 return None
             return self._settle(w)
 
+    def count(self, w: WorkerHandle, outcome: Outcome, wait: float, latency: float) -> None:
+        """Count a call that ran on a lease which goes on (a ``map`` sends several)."""
+        with self.lock:
+            self._count(w, outcome, wait, latency)
+
+    def _count(self, w: WorkerHandle, outcome: Outcome, wait: float, latency: float) -> None:
+        self.counters.count_call(outcome, wait, latency)
+        w.busy_time += latency  # utilisation = busy time over wall time (metrics)
+        w.calls += 1
+        w.last_used = self.clock()
+
     def _settle(self, w: WorkerHandle) -> Actions | None:
         """One lease of ``w`` ends: decide where the worker goes. Under the lock."""
         self.leased -= 1

@@ -158,6 +158,11 @@ def sendable(
     return name, (cmd, *args)
 
 
+def by_value(cmd: str | Callable[..., Any], pickle: bool) -> bool:
+    """Whether ``cmd`` goes pickled with each call (see :func:`sendable`), not by name."""
+    return pickle and not isinstance(cmd, str) and callable(cmd) and _plain_reference(cmd) is None
+
+
 def reference_of(fn: Callable[..., Any]) -> str:
     """The ``module:qualname`` by which a worker imports ``fn``; :class:`NotAReference` (also a
     ``TypeError`` and ``ValueError``) with what to do instead if there is none."""

@@ -9,9 +9,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict, get_args
 
-from snakeden import _shm
 from snakeden._events import WorkerEvent
 from snakeden._protocol import DEFAULT_MAX_FRAME_SIZE
+
+#: Where shared memory beats the pipe on a 2-CPU VM (docs/benchmarks.md: 16 KiB by pipe is
+#: faster, 64 KiB by shared memory is 1.6x faster).
+DEFAULT_SHM_THRESHOLD = 64 * 1024
 
 StartMethod = Literal["auto", "fork", "spawn"]
 SerializerName = Literal["msgpack", "pickle"]
@@ -60,10 +63,15 @@ class PoolOptions(TypedDict, total=False):
       call may queue behind another on a busy worker: more throughput for many tiny calls, less
       fairness, and a crash fails every call queued on that worker.
     * ``max_frame_size`` (default 256 MiB): the largest message either way (``PayloadTooLarge``).
-    * ``shm_threshold`` (default: none): zero-copy for large buffers: a bytes-like top-level
-      argument or result of at least this many bytes goes through ``/dev/shm`` instead of the
-      pipe and arrives as a read-only ``memoryview`` (msgpack serializer; also lifts
-      ``max_frame_size`` for it).
+    * ``shm_threshold`` (default 64 KiB; ``None``: never): byte buffers of at least this many
+      bytes in a call's arguments or result (``bytes``, ``bytearray``, ``memoryview``, at the
+      top level or nested in lists, tuples and dicts; with ``serializer="pickle"``, numpy
+      arrays and other out-of-band pickle buffers) go through a shared-memory region each
+      worker keeps for its whole life, one copy each way, instead of the pipe. Values arrive as
+      they would by pipe (``bytes``; numpy arrays over their own writable memory). Local Python
+      workers with ``pipeline=1``; elsewhere calls go by pipe. Each region grows to the largest
+      message through it (and shrinks back when much smaller ones follow); it is freed with
+      its worker.
     * ``cancel_grace`` (default 5 s): a worker whose caller was cancelled gets this long to
       stop the call before it is killed.
     * ``stream_window`` (default 64): items a streaming command may run ahead of its reader
@@ -176,7 +184,7 @@ class PoolConfig:
     idle_timeout: float | None = None
     min_ready: int | None = None
     pipeline: int = 1
-    shm_threshold: int | None = None
+    shm_threshold: int | None = DEFAULT_SHM_THRESHOLD
     restart_backoff: float = 0.05
     restart_backoff_max: float = 5.0
     max_start_failures: int = 5
@@ -212,11 +220,8 @@ class PoolConfig:
         for name, fn in (self.host_functions or {}).items():
             if not isinstance(name, str) or not callable(fn):
                 raise TypeError(f"host_functions maps str names to callables, not {name!r}: {fn!r}")
-        if self.shm_threshold is not None:
-            if self.serializer != "msgpack":
-                raise ValueError("shm_threshold works with the msgpack serializer only")
-            if not _shm.available():
-                raise ValueError("shm_threshold needs a writable /dev/shm")
+        if self.shm_threshold is not None and self.shm_threshold < 1:
+            raise ValueError("shm_threshold must be >= 1 byte, or None for no shared memory")
         if self.command is not None:
             if not self.command or not all(isinstance(a, str) for a in self.command):
                 raise ValueError("command must be a non-empty argv: a list of strings")

@@ -32,8 +32,8 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from snakeden import _shm
-from snakeden._calls import Command, decode_reply, encode_call, unpack_batch
+from snakeden import _regions, _shm
+from snakeden._calls import Command, RegionBody, decode_reply, encode_call, unpack_batch
 from snakeden._channel import ChannelLost
 from snakeden._checkout import AsyncWaiter, Checkout, Phase, ThreadWaiter
 from snakeden._config import PoolConfig
@@ -88,13 +88,20 @@ class PoolCore:
         self.loop = loop
         self.run_tag = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.pickle = config.serializer == "pickle"
+        # Shared-memory regions (see _regions): local Python workers, one call per worker at a
+        # time (a region holds one message), and a writable /dev/shm.
         self.shm = (
-            (config.shm_threshold, self.run_tag) if config.shm_threshold is not None else None
+            config.shm_threshold
+            if config.shm_threshold is not None
+            and config.command is None
+            and config.pipeline == 1
+            and _shm.available()
+            else None
         )
         # What every worker's environment gets on top of the host's.
         worker_env = dict(config.env)
-        if config.shm_threshold is not None:
-            worker_env["SNAKEDEN_SHM_THRESHOLD"] = str(config.shm_threshold)
+        if self.shm is not None:
+            worker_env[_regions.ENV] = str(self.shm)
         self.launcher: Launcher = make_launcher(config, self.run_tag, worker_env)
         self.record = RunRecord(self.run_tag)
         # Pipelining needs a channel that multiplexes replies: the asyncio front's.
@@ -214,6 +221,10 @@ class PoolCore:
         if act is not None:
             self.sup.act(act)
 
+    def count(self, w: WorkerHandle, outcome: Outcome, wait: float, latency: float) -> None:
+        """Count a call that ran on a lease that goes on (``map``'s chunks)."""
+        self.checkout.count(w, outcome, wait, latency)
+
     # --- a call's way through ----------------------------------------------------------------
 
     def encode_call(
@@ -223,6 +234,7 @@ class PoolCore:
         kwargs: dict[str, Any] | None,
         *,
         batch: bool,
+        flat: bool = False,
     ) -> tuple[str, int, bytes]:
         """``(name, flags, body)`` of a CALL with this pool's codec, frame limit and shm."""
         return encode_call(
@@ -232,14 +244,28 @@ class PoolCore:
             pickle=self.pickle,
             max_frame_size=self.config.max_frame_size,
             batch=batch,
+            flat=flat,
             shm=self.shm,
         )
+
+    def place(self, w: WorkerHandle, body: RegionBody) -> bytes:
+        """The body to send ``w``: a call's large buffers written to its region, or (a worker
+        without one) the call encoded whole. On failure the lease is given back."""
+        try:
+            if w.region_in is None:
+                return body.by_pipe()
+            w.region_in.put(body.buffers)
+        except BaseException:
+            self.release(w, None)
+            raise
+        return body
 
     def finish_call(
         self, w: WorkerHandle, frame: Frame, name: str, *, batch: bool, waited: float, t1: float
     ) -> Any:
         """Decode a reply, return the worker (counting the outcome), and return or raise."""
         try:
+            _regions.reading(w.region_out)
             result = decode_reply(frame, name)
             if batch:
                 result = unpack_batch(result, name)
@@ -250,6 +276,9 @@ class PoolCore:
         except BaseException:
             self.release(w, "failed", waited, time.perf_counter() - t1)
             raise
+        if self.tracing is not None:  # its release() ends the call's span
+            self.release(w, "ok", waited, time.perf_counter() - t1)
+            return result
         act = self.checkout.release(w, "ok", waited, time.perf_counter() - t1)  # release(), inlined
         if act is not None:
             self.sup.act(act)

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from snakeden._channel import Channel
     from snakeden._output import OutputTail
     from snakeden._process import WorkerProcess
+    from snakeden._regions import Region
 
 
 class WState(enum.Enum):
@@ -136,6 +137,10 @@ class WorkerHandle:
         # Blocking mode: SESSION_CLOSE frames for a busy worker, written by a lease of their own
         # once its current lease ends (only the lease holder writes to a blocking channel).
         self.outbox: list[bytes] = []
+        self.takes_flat = False  # BATCH|FLAT calls (HELLO feature "map_flat")
+        # Its shared-memory regions (see _regions), once its HELLO said it mapped them.
+        self.region_in: Region | None = None
+        self.region_out: Region | None = None
         self.close_on_release = False  # exited while leased: the last lease holder closes fds
         self.gone = threading.Event()  # exit status known and output drained
         self.gone_waiters: list[asyncio.Future[None]] = []

@@ -26,7 +26,6 @@ import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from snakeden import _shm
 from snakeden._channel import Channel
 from snakeden._errors import HostCallDeadlock
 from snakeden._protocol import (
@@ -98,7 +97,7 @@ class HostFunctions:
         """A HOST_CALL arrived on ``channel`` (on the loop, or on the caller's thread)."""
         flags = frame.flags & PICKLE
         try:
-            body = decode_body(frame, _shm.ext_hook)
+            body = decode_body(frame)
             _call_id, name, args, kwargs = body
             if not (isinstance(name, str) and isinstance(args, list) and isinstance(kwargs, dict)):
                 raise TypeError("not [call id, name, args, kwargs]")

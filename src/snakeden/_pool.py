@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn, Unpack
 
-from snakeden import _commands, _host_calls, _progress
+from snakeden import _commands, _host_calls, _mapping, _progress
 from snakeden._calls import Command
 from snakeden._channel import ChannelLost
 from snakeden._config import PoolOptions, make_config
@@ -161,13 +161,14 @@ class Pool:
             w, waited = await core.checkout_async(cfg.queue_timeout, session)
             t1 = time.perf_counter()
             w.current_command = name  # for the live view (snakeden top)
+            sent = body if type(body) is bytes else core.place(w, body)  # type: ignore[arg-type]
             channel = w.channel
             assert channel is not None
             ident = channel.next_id()
             if core.tracing is None:
-                data = encode_header(KIND_CALL, ident, len(body), flags) + body
+                data = encode_header(KIND_CALL, ident, len(sent), flags) + sent
             else:  # opens the call's span; the worker may get its trace context
-                data = core.tracing.call_frame(w, name, ident, flags, body, waited, attempt)
+                data = core.tracing.call_frame(w, name, ident, flags, sent, waited, attempt)
             if session is not None:
                 try:
                     data = core.session_frame(session, w, data)
@@ -284,18 +285,21 @@ class Pool:
         cmd: Command,
         iterable: Iterable[Any],
         *,
-        chunksize: int = 1,
+        chunksize: int | None = None,
         timeout: float | None = _UNSET,
         star: bool = False,
         progress: _progress.Progress = False,
     ) -> list[Any]:
         """``[cmd(x) for x in iterable]`` across the pool, results in input order.
 
-        ``chunksize > 1`` sends items in batches (one frame per chunk), which pays off for small,
-        fast items; below 1 is a ``ValueError``, as for ``ProcessPoolExecutor.map``. ``star=True``
-        unpacks each item as the argument tuple. The first failure raises; the other calls still
-        run to completion. ``progress=True`` draws a progress bar on stderr when it is a
-        terminal; a callable gets ``(done, total)`` as items finish.
+        Items go in chunks, one frame per chunk, several chunks in flight per worker.
+        ``chunksize=None`` (the default) picks it: ``ceil(items / (4 * size))``, at most 1024;
+        ``chunksize=1`` makes one call per item; below 1 is a ``ValueError``, as for
+        ``ProcessPoolExecutor.map``. ``timeout`` bounds each chunk's run; a crash or timeout
+        fails the chunk that was running, and the chunks queued behind it run on another
+        worker. ``star=True`` unpacks each item as the argument tuple. The first failed item
+        (in input order) raises, once every chunk has run. ``progress=True`` draws a progress
+        bar on stderr when it is a terminal; a callable gets ``(done, total)`` as items finish.
         """
         return await self._map(cmd, iterable, chunksize, timeout, star, progress, None)
 
@@ -303,27 +307,59 @@ class Pool:
         self,
         cmd: Command,
         iterable: Iterable[Any],
-        chunksize: int,
+        chunksize: int | None,
         timeout: float | None,
         star: bool,
         progress: _progress.Progress,
         session: SessionRecord | None,
     ) -> list[Any]:
-        if chunksize < 1:
+        if chunksize is not None and chunksize < 1:
             raise ValueError(f"chunksize must be >= 1, not {chunksize!r}")
+        pickle = self.config.serializer == "pickle"
         # Refused once, here, rather than by every one of the calls.
-        _commands.sendable(cmd, (), pickle=self.config.serializer == "pickle", batch=False)
-        items = [tuple(x) if star else (x,) for x in iterable]
+        _commands.sendable(cmd, (), pickle=pickle, batch=False)
+        core = self._running()
+        cfg = self.config
+        # Lists: what a batch's arguments go as (an exact list needs no conversion).
+        items = [list(x) for x in iterable] if star else list(iterable)
+        if chunksize is None:
+            chunksize = _mapping.auto_chunksize(len(items), cfg.min_size)
         bar = _progress.start(progress, len(items)) if progress else None
+        try:
+            if (
+                chunksize == 1
+                or session is not None  # each chunk a call of the session, on its worker
+                or core.tracing is not None
+                or _commands.by_value(cmd, pickle)
+            ):
+                if not star:
+                    items = [[x] for x in items]
+                return await self._map_calls(cmd, items, chunksize, timeout, bar, session=session)
+            job = _mapping.MapJob(core, cmd, items, chunksize, bar, flat=not star)
+            lanes = max(1, min(cfg.upper_size, len(job.todo)))
+            call_timeout = cfg.call_timeout if timeout is _UNSET else timeout
+            return await _mapping.run_async(job, call_timeout, cfg.queue_timeout, lanes)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    async def _map_calls(
+        self,
+        cmd: Command,
+        items: list[list[Any]],
+        chunksize: int,
+        timeout: float | None,
+        bar: _progress.Tracker | None,
+        *,
+        session: SessionRecord | None,
+    ) -> list[Any]:
+        """``map`` as one call per item, or per chunk when traced (each call its own span) or
+        in a session."""
         if chunksize == 1:
             coros = [self.call_with(cmd, a, None, timeout=timeout, session=session) for a in items]
             if bar is not None:
                 coros = bar.track(coros, [1] * len(coros))
-            try:
-                return list(await asyncio.gather(*coros))
-            finally:
-                if bar is not None:
-                    bar.close()
+            return list(await asyncio.gather(*coros))
         chunks = [items[i : i + chunksize] for i in range(0, len(items), chunksize)]
         coros = [
             self.call_with(cmd, c, None, timeout=timeout, batch=True, session=session)
@@ -331,11 +367,7 @@ class Pool:
         ]
         if bar is not None:
             coros = bar.track(coros, [len(c) for c in chunks])
-        try:
-            parts = await asyncio.gather(*coros)
-        finally:
-            if bar is not None:
-                bar.close()
+        parts = await asyncio.gather(*coros)
         return [r for part in parts for r in part]
 
     def session(self, *, affinity: Affinity = "wait", ttl: float | None = _UNSET) -> AsyncSession:

@@ -76,6 +76,10 @@ class Flag(enum.IntFlag):
     # CALL only: the call belongs to a session; the body starts with the session id (u32 BE),
     # followed by the usual body (docs/protocol.md section 6.6).
     SESSION = 0x20
+    # BATCH with one positional argument per item (docs/protocol.md section 6.2.2). CALL: body
+    # is [command, [arg, ...], kwargs]; RESULT: [value, ...], every item succeeded. Sent only
+    # to a worker whose HELLO lists the "map_flat" feature.
+    FLAT = 0x40
 
 
 # Plain ints for the hot paths: IntFlag arithmetic costs ~0.7us per operation.
@@ -91,6 +95,7 @@ SESSION: Final = int(Flag.SESSION)
 KIND_CALL: Final = int(Kind.CALL)
 KIND_RESULT: Final = int(Kind.RESULT)
 KIND_ERROR: Final = int(Kind.ERROR)
+FLAT: Final = int(Flag.FLAT)
 
 #: HELLO ``features`` value of a worker that accepts CONTEXT on its CALLs.
 FEATURE_TRACE: Final = "trace"
@@ -108,6 +113,10 @@ FEATURE_HOST_CALL: Final = "host_call"
 FEATURE_SESSION: Final = "session"
 #: The session id that prefixes the body of a CALL with the SESSION flag.
 SESSION_ID: Final = struct.Struct(">I")
+#: HELLO ``features`` value of a worker that takes BATCH|FLAT calls (one argument per item).
+FEATURE_FLAT: Final = "map_flat"
+#: HELLO ``features`` value of a worker that mapped its shared-memory regions (see _regions).
+FEATURE_REGIONS: Final = "shm_regions"
 
 
 class ProtocolViolation(Exception):
@@ -255,7 +264,7 @@ def check_frame_size(body_len: int, max_frame_size: int) -> None:
 
 
 #: MessagePack extension type of a tuple: the payload is the MessagePack array of its items, so a
-#: tuple survives the round trip at any depth instead of arriving as a list. ``_shm.EXT_SHM`` is 42.
+#: tuple survives the round trip at any depth instead of arriving as a list. (42: _regions.)
 EXT_TUPLE: Final = 43
 
 _local = threading.local()
@@ -338,15 +347,16 @@ def encode_body(obj: Any, flags: int = 0) -> bytes:
     return _pack(obj)
 
 
-def decode_body(frame: Frame, ext_hook: Any = None) -> Any:
+def decode_body(frame: Frame, ext_hook: Any = None, buffers: Any = None) -> Any:
     """Deserialise a frame's body according to its flags. Empty bodies decode to ``None``.
 
-    ``ext_hook`` handles MessagePack extension values other than tuples (the shared-memory
-    references of ``_shm``); this module itself never does I/O."""
+    ``ext_hook`` handles MessagePack extension values other than tuples, ``buffers`` a pickle's
+    out-of-band buffers (both: the shared-memory references of ``_regions``); this module itself
+    never does I/O."""
     if not frame.body:
         return None
     if frame.flags & PICKLE:
-        return pickle.loads(frame.body)
+        return pickle.loads(frame.body, buffers=buffers)
     hook = _hooks.get(ext_hook)
     if hook is None:
         hook = _hooks[ext_hook] = _hook_for(ext_hook)

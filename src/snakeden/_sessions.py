@@ -264,12 +264,7 @@ class SessionCheckout(Generic[W]):
                 if w.state is IDLE:
                     self.idle.remove(w)
                     return self._lease(w), False
-                if (
-                    self.depth > 1
-                    and w.state is BUSY
-                    and w.inflight < self.depth
-                    and not w.must_retire
-                ):
+                if w.state is BUSY and w.inflight < w.depth and not w.must_retire:
                     w.inflight += 1
                     self.leased += 1
                     return w, False

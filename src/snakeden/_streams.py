@@ -21,7 +21,6 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from snakeden import _shm
 from snakeden._calls import error_from_body
 from snakeden._channel import ChannelLost
 from snakeden._errors import CallTimeout, FeatureNotSupported, ProtocolError
@@ -63,7 +62,7 @@ def _refuse(core: PoolCore, w: WorkerHandle, name: str) -> FeatureNotSupported:
 
 def _item(frame: Frame, name: str) -> Any:
     try:
-        return decode_body(frame, _shm.ext_hook)
+        return decode_body(frame)
     except Exception as exc:
         raise ProtocolError(f"worker sent an undecodable item of {name!r}: {exc}") from exc
 

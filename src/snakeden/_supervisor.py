@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from snakeden import _shm
+from snakeden import _regions, _shm
 from snakeden._channel import Channel, ChannelLost
 from snakeden._checkout import Actions, Checkout, Phase
 from snakeden._config import PoolConfig
@@ -40,6 +40,8 @@ from snakeden._output import OutputTail, tail_text
 from snakeden._process import Launcher, LaunchSpec
 from snakeden._protocol import (
     FEATURE_BEGUN,
+    FEATURE_FLAT,
+    FEATURE_REGIONS,
     FEATURE_TRACE,
     PROTOCOL_VERSION,
     Frame,
@@ -232,12 +234,17 @@ class Supervisor:
     async def _launch_and_handshake(self, w: WorkerHandle) -> None:
         begun = _shm.begun_path(self.record.run_tag, w.id)
         slot = _shm.map_slot(begun, create=True)
+        paths = []
+        if _regions.ENV in self.worker_env:  # shared-memory regions (_regions)
+            paths = [_regions.region_path(self.record.run_tag, w.id, d) for d in _regions.DIRS]
+            w.region_in, w.region_out = (_regions.Region.open(p, create=True) for p in paths)
         try:
             await self._launch_and_handshake_with(w, slot)
         finally:
-            # Both sides have it mapped by the HELLO (or never will): no file to leave behind.
-            with contextlib.suppress(OSError):
-                begun.unlink()
+            # Both sides have them open by the HELLO (or never will): no file to leave behind.
+            for path in (begun, *paths):
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
     async def _launch_and_handshake_with(self, w: WorkerHandle, slot: memoryview | None) -> None:
         proc = await self.launcher.launch(self.spec(w.id))  # WorkerStartError: no interpreter
@@ -291,6 +298,13 @@ class Supervisor:
         features = self._check_hello(w, frame)
         if slot is not None and FEATURE_BEGUN in features:
             channel.begun = slot  # only a worker that says it notes its calls there
+        if (
+            FEATURE_REGIONS not in features
+            or w.region_in is None
+            or w.region_out is None
+            or w.depth > 1  # a region holds one message; overlapping calls go by pipe
+        ):
+            w.region_in = w.region_out = None  # calls go by pipe
         if not w.commands and self.config.target and not self._warned_no_commands:
             self._warned_no_commands = True  # once per pool, not once per worker
             if self.launcher.runs_python:
@@ -360,6 +374,7 @@ class Supervisor:
                 {w.id: "bad handshake"},
             )
         w.depth = concurrency  # Checkout.ready() raises it to the pool's pipeline depth
+        w.takes_flat = FEATURE_FLAT in features
         return features
 
     def _break(self, cause: WorkerStartError) -> None:

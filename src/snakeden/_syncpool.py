@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NoReturn, Unpack
 
-from snakeden import _commands, _host_calls, _progress
+from snakeden import _commands, _host_calls, _mapping, _progress
 from snakeden._calls import Command
 from snakeden._channel import ChannelLost
 from snakeden._config import PoolOptions, make_config
@@ -54,6 +54,20 @@ _EXECUTOR_SPELLINGS = {
     "initializer": "a class target ('module:Class') whose setup() runs once in each worker",
     "initargs": "a class target ('module:Class') whose setup() runs once in each worker",
 }
+
+
+def _settle(fut: cf.Future[None]) -> Callable[[BaseException | None], None]:
+    """A map lane's way to report that it ended (with the error that ended it, if any)."""
+
+    def done(exc: BaseException | None) -> None:
+        if fut.done():
+            return
+        if exc is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(exc)
+
+    return done
 
 
 def _finish_open_pools() -> None:
@@ -126,7 +140,7 @@ class SyncPool(cf.Executor):
         self._thread.start()
         self._core = PoolCore(self.config, self._loop, blocking=True)
         self._aio = Pool._sharing(self._core)
-        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Item | _mapping.BlockingLane | None] = queue.SimpleQueue()
         self._dispatchers: list[threading.Thread] = []
         self._submitted = 0  # submitted and not yet picked up by a dispatcher
         self._lock = threading.Lock()
@@ -187,14 +201,15 @@ class SyncPool(cf.Executor):
             )
             t1 = time.perf_counter()
             w.current_command = name  # for the live view (snakeden top)
+            sent = body if type(body) is bytes else core.place(w, body)  # type: ignore[arg-type]
             channel = w.channel
             assert channel is not None
             ident = channel.next_id()
             deadline = None if timeout is None else time.monotonic() + timeout
             if core.tracing is None:
-                data = encode_header(KIND_CALL, ident, len(body), flags) + body
+                data = encode_header(KIND_CALL, ident, len(sent), flags) + sent
             else:  # opens the call's span; the worker may get its trace context
-                data = core.tracing.call_frame(w, name, ident, flags, body, waited, attempt)
+                data = core.tracing.call_frame(w, name, ident, flags, sent, waited, attempt)
             if session is not None:
                 try:
                     data = core.session_frame(session, w, data)
@@ -268,6 +283,10 @@ class SyncPool(cf.Executor):
             cmd, args, pickle=self.config.serializer == "pickle", batch=batch
         )
         fut: cf.Future[Any] = cf.Future()
+        self._enqueue((fut, cmd, args, kwargs, batch, time.monotonic(), session))
+        return fut
+
+    def _enqueue(self, entry: _Item | _mapping.BlockingLane) -> None:
         with self._lock:
             if _interpreter_exiting:
                 raise PoolClosed("cannot schedule new futures after interpreter shutdown")
@@ -288,14 +307,18 @@ class SyncPool(cf.Executor):
                 self._dispatchers.append(t)
                 t.start()
             # Under the lock: a shutdown's sentinels must come after every accepted call.
-            self._queue.put((fut, cmd, args, kwargs, batch, time.monotonic(), session))
-        return fut
+            self._queue.put(entry)
 
     def _dispatch(self) -> None:
         while True:
             item = self._queue.get()
             if item is None:
                 return
+            if isinstance(item, _mapping.BlockingLane):
+                with self._lock:
+                    self._submitted -= 1
+                item()
+                continue
             self._run_item(item)
             # This thread may wait long for the next item: it must not keep this one's
             # function, arguments or future (and so its result) alive until then.
@@ -331,19 +354,63 @@ class SyncPool(cf.Executor):
         fn: Callable[..., Any] | str,
         *iterables: Iterable[Any],
         timeout: float | None = None,
-        chunksize: int = 1,
+        chunksize: int | None = None,
         progress: _progress.Progress = False,
     ) -> Iterator[Any]:
-        """Like ``Executor.map``; ``chunksize > 1`` sends batches (one frame per chunk), below 1
-        is a ``ValueError``, as for ``ProcessPoolExecutor.map``. ``progress=True`` draws a
+        """Like ``Executor.map``, in chunks as :meth:`snakeden.Pool.map` sends them
+        (``chunksize=None`` picks the size, 1 is one call per item, below 1 a ``ValueError``).
+        ``timeout`` bounds the whole map, as for the executors. ``progress=True`` draws a
         progress bar on stderr when it is a terminal; a callable gets ``(done, total)``."""
-        if chunksize < 1:
+        if chunksize is not None and chunksize < 1:
             raise ValueError(f"chunksize must be >= 1, not {chunksize!r}")
         if chunksize == 1 and not progress:
             return super().map(fn, *iterables, timeout=timeout)  # type: ignore[arg-type]
-        items = list(zip(*iterables, strict=False))
+        pickle = self.config.serializer == "pickle"
+        _commands.sendable(fn, (), pickle=pickle, batch=False)
+        flat = len(iterables) == 1
+        items = list(iterables[0]) if flat else list(map(list, zip(*iterables, strict=False)))
+        if chunksize is None:
+            chunksize = _mapping.auto_chunksize(len(items), self.config.min_size)
+        if chunksize == 1 or self._core.tracing is not None or _commands.by_value(fn, pickle):
+            if flat:
+                items = [[x] for x in items]
+            return self._map_calls(fn, items, timeout, chunksize, progress)
+        bar = _progress.start(progress, len(items))
+        job = _mapping.MapJob(self._core, fn, items, chunksize, bar, flat=flat)
+        lanes: list[tuple[_mapping.BlockingLane, cf.Future[None]]] = []
+        for _ in range(max(1, min(self.config.upper_size, len(job.todo)))):
+            fut: cf.Future[None] = cf.Future()
+            lane = _mapping.BlockingLane(
+                job, self.config.call_timeout, self.config.queue_timeout, _settle(fut)
+            )
+            self._enqueue(lane)
+            lanes.append((lane, fut))
+        end = None if timeout is None else time.monotonic() + timeout
+
+        def results() -> Iterator[Any]:
+            try:
+                for _lane, fut in lanes:
+                    fut.result(None if end is None else end - time.monotonic())
+                yield from job.each()
+            finally:
+                for lane, _fut in lanes:
+                    lane.cancelled = True
+                if bar is not None:
+                    bar.close()
+
+        return results()
+
+    def _map_calls(
+        self,
+        fn: Callable[..., Any] | str,
+        items: list[list[Any]],
+        timeout: float | None,
+        chunksize: int,
+        progress: _progress.Progress,
+    ) -> Iterator[Any]:
+        """``map`` as one call per item, or per chunk when traced (each call its own span)."""
         if chunksize == 1:
-            futs = [self._submit(fn, args, {}, batch=False) for args in items]
+            futs = [self._submit(fn, tuple(args), {}, batch=False) for args in items]
         else:
             futs = [
                 self._submit(fn, tuple(items[i : i + chunksize]), {}, batch=True)
@@ -389,7 +456,10 @@ class SyncPool(cf.Executor):
                 if item is None:
                     self._queue.put(None)  # a sentinel of an earlier shutdown: keep it
                     break
-                item[0].cancel()
+                if isinstance(item, _mapping.BlockingLane):
+                    item.cancel()
+                else:
+                    item[0].cancel()
                 with self._lock:
                     self._submitted -= 1
         if not first:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
-from snakeden._protocol import BATCH, Frame, PickledException, encode_body
+from snakeden._protocol import BATCH, FLAT, Frame, PickledException, encode_body
 
 
 def _shape_problem(frame: Frame, body: Any) -> str | None:
@@ -22,7 +22,7 @@ def _shape_problem(frame: Frame, body: Any) -> str | None:
                 if type(key) is not str:
                     break
             else:
-                return _batch_problem(args) if frame.flags & BATCH else None
+                return _batch_problem(args) if frame.flags & (BATCH | FLAT) == BATCH else None
     if not isinstance(body, (list, tuple)) or len(body) != 3:
         what = "an empty body" if not frame.body else _describe(body)
         return f"a CALL body must be a [command, args, kwargs] array, got {what}"
@@ -36,7 +36,7 @@ def _shape_problem(frame: Frame, body: Any) -> str | None:
     for key in kwargs:
         if not isinstance(key, str):
             return f"the kwargs of a CALL must have string keys, got {_describe(key)}"
-    return _batch_problem(args) if frame.flags & BATCH else None
+    return _batch_problem(args) if frame.flags & (BATCH | FLAT) == BATCH else None
 
 
 def _batch_problem(batch: list[Any] | tuple[Any, ...]) -> str | None:

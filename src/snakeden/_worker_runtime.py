@@ -31,7 +31,6 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from snakeden import _shm
 from snakeden import _worker_sessions as _sessions
 from snakeden._calls import error_from_body
 from snakeden._protocol import (
@@ -311,7 +310,7 @@ class Link:
 def _unpack(reply: _Reply, name: str) -> Any:
     if reply.frame is None:
         raise CallCancelled(f"the host went away during host call {name!r}")
-    body = decode_body(reply.frame, _shm.ext_hook)
+    body = decode_body(reply.frame)
     if not (isinstance(body, list) and len(body) == 2):
         raise RuntimeError(f"malformed HOST_REPLY to host call {name!r}: {body!r:.200}")
     ok, value = body

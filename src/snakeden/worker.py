@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from snakeden import _commands, _shm, _worker_context, _worker_streams
+from snakeden import _commands, _regions, _shm, _worker_context, _worker_streams
 from snakeden import _worker_sessions as _sessions
 from snakeden import _worker_tracing as _tracing
 from snakeden._errors import RemoteError
@@ -33,10 +33,13 @@ from snakeden._protocol import (
     DEFAULT_MAX_FRAME_SIZE,
     FEATURE_BEGUN,
     FEATURE_CANCEL,
+    FEATURE_FLAT,
     FEATURE_HOST_CALL,
+    FEATURE_REGIONS,
     FEATURE_SESSION,
     FEATURE_STREAM,
     FEATURE_TRACE,
+    FLAT,
     HEADER_SIZE,
     PICKLE,
     SESSION,
@@ -52,6 +55,7 @@ from snakeden._protocol import (
     error_body,
     hello_body,
 )
+from snakeden._worker_batch import run_batch, run_flat
 from snakeden._worker_bodies import (
     _clip,
     _clip_head,
@@ -106,10 +110,9 @@ class _Server:
         self.current_flags = 0
         self.concurrency = 1  # snakeden.concurrency(n) of the module: n > 1 runs Concurrent
         self.threaded = False  # the concurrent runtime: calls run on threads
-        threshold = os.environ.get("SNAKEDEN_SHM_THRESHOLD")
-        self.shm_threshold = int(threshold) if threshold else None
         self.run_tag = os.environ.get("SNAKEDEN_RUN_TAG", "")
         worker_id = os.environ.get("SNAKEDEN_WORKER_ID", "")
+        self.shared = _regions.WorkerSide.open(self.run_tag, worker_id)
         # The host's record of which call this worker began (see _shm.begun_path).
         self.begun = (
             _shm.map_slot(_shm.begun_path(self.run_tag, worker_id), create=False)
@@ -211,7 +214,7 @@ class _Server:
         # "decode" errors go out in MessagePack whatever the call's codec (docs/protocol.md
         # §5): the host can read them even when the call's codec is what failed.
         try:
-            body = decode_body(frame, _shm.ext_hook)
+            body = decode_body(frame) if self.shared is None else self.shared.decode(frame)
         except Exception as exc:
             message = f"the worker could not decode the call: {_text(exc)}"
             self.send_error(
@@ -272,7 +275,7 @@ class _Server:
             self._run_traced(frame, flags, fn, name, args, kwargs, context)
             return
         if frame.flags & BATCH:
-            self._reply(frame.id, flags, self._run_batch(fn, args, kwargs, flags), name)
+            self._reply(frame.id, *self._run_batch(fn, args, kwargs, frame.flags), name, batch=True)
             return
         try:
             result = self._invoke(fn, args, kwargs)
@@ -296,7 +299,9 @@ class _Server:
         span = _tracing.start(context, name, self.worker_id)
         if span is None:  # no OpenTelemetry here, or a context it cannot read: ignore it
             if frame.flags & BATCH:
-                self._reply(frame.id, flags, self._run_batch(fn, args, kwargs, flags), name)
+                self._reply(
+                    frame.id, *self._run_batch(fn, args, kwargs, frame.flags), name, batch=True
+                )
                 return
             try:
                 result = self._invoke(fn, args, kwargs)
@@ -306,10 +311,10 @@ class _Server:
             self._reply(frame.id, flags, result, name)
             return
         if frame.flags & BATCH:
-            results = self._run_batch(fn, args, kwargs, flags)
-            failed = any(not ok for ok, _ in results)
+            reply_flags, results = self._run_batch(fn, args, kwargs, frame.flags)
+            failed = not reply_flags & FLAT and any(not ok for ok, _ in results)
             _tracing.end(span, "failed" if failed else "ok")
-            self._reply(frame.id, flags, results, name)
+            self._reply(frame.id, reply_flags, results, name, batch=True)
             return
         try:
             result = self._invoke(fn, args, kwargs)
@@ -328,24 +333,18 @@ class _Server:
             raise LookupError(f"unknown command {name!r}")
         return fn
 
-    def _run_batch(self, fn: Callable[..., Any], batch: Any, kwargs: Any, flags: int) -> list[Any]:
-        # One tight loop; each item runs exactly once and gets its own outcome.
-        results: list[Any] = []
-        append = results.append
-        isawaitable = inspect.isawaitable
-        i = 0
-        while i < len(batch):
-            try:
-                for args in batch[i:]:
-                    value = fn(*args, **kwargs)
-                    if isawaitable(value):
-                        value = self._await(value)
-                    append([True, value])
-                    i += 1
-            except BaseException as exc:
-                append([False, self._exception_body(self._as_bad_call(exc), flags)])
-                i += 1
-        return results
+    def _run_batch(
+        self, fn: Callable[..., Any], batch: Any, kwargs: Any, flags: int
+    ) -> tuple[int, list[Any]]:
+        """``(reply flags, results)`` of a BATCH call (see _worker_batch)."""
+
+        def error(exc: BaseException) -> dict[str, Any]:
+            return self._exception_body(self._as_bad_call(exc), flags)
+
+        if flags & FLAT:
+            flat, results = run_flat(fn, batch, kwargs, self._await, error)
+            return (flags & PICKLE) | (FLAT if flat else 0), results
+        return flags & PICKLE, run_batch(fn, batch, kwargs, self._await, error)
 
     def _invoke(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         try:
@@ -408,11 +407,14 @@ class _Server:
             pickled=_pickled(exc, small) if flags & PICKLE else None,
         )
 
-    def _reply(self, ident: int, flags: int, result: Any, name: str) -> None:
+    def _reply(
+        self, ident: int, flags: int, result: Any, name: str, *, batch: bool = False
+    ) -> None:
         try:
-            if self.shm_threshold is not None and not flags:
-                result = _shm.export_result(result, self.shm_threshold, self.run_tag)
-            data = encode_body(result, flags)
+            if self.shared is None or batch:  # a batch's chunks may be in flight several at once
+                data = encode_body(result, flags)
+            else:
+                data = self.shared.encode(result, flags)
             check_frame_size(len(data), self.max_frame_size)
         except BaseException as exc:  # even SystemExit from a __reduce__, as ProcessPoolExecutor
             codec = "pickle" if flags else "MessagePack"
@@ -487,6 +489,8 @@ def serve(
     route_logging()
     server = _Server(rfd, wfd, commands, max_frame_size, worker_id)
     server.concurrency = _commands.declared_concurrency()
+    if server.concurrency > 1:
+        server.shared = None  # a region holds one message: calls that overlap go by pipe
     # Advertised only where OpenTelemetry can be imported: a host never sends a context to a
     # worker that would have to ignore it.
     traced = _tracing.available()
@@ -505,6 +509,8 @@ def serve(
             FEATURE_CANCEL,
             FEATURE_HOST_CALL,
             FEATURE_SESSION,
+            *([FEATURE_REGIONS] if server.shared is not None else []),
+            FEATURE_FLAT,
         ],
         concurrency=server.concurrency,
     )

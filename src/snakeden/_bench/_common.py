@@ -24,6 +24,7 @@ SCENARIOS: Final = (
     "hang",
     "memory",
     "stream",
+    "scale",
 )
 
 #: The worker module snakeden pools load, and what the cold-start workers import at start-up.
@@ -71,6 +72,13 @@ class Settings:
     hang_timeout_s: float = 1.0
     hang_sleep_s: int = 10
     memory_size: int = 4
+    # scale: a pool of scale_workers with scale_callers calls at once, then scale_many_callers
+    # at once on scale_many_workers; scale_calls calls each
+    scale_workers: int = 100
+    scale_callers: int = 100
+    scale_many_workers: int = 16
+    scale_many_callers: int = 1000
+    scale_calls: int = 20_000
     measure_timeout_s: float = 300.0  # hard limit on one measurement process
     stream_items: int = 100_000  # items per stream (the stream scenario)
 
@@ -86,6 +94,7 @@ class Settings:
                 "hang": 3,
                 "memory": 2,
                 "stream": 3,
+                "scale": 2,
             }
             return cls(mode=mode, reps=reps)
         if mode == "short":
@@ -103,6 +112,7 @@ class Settings:
                 recovery_deadline_s=15.0,
                 hang_sleep_s=5,
                 memory_size=2,
+                scale_calls=5_000,
                 measure_timeout_s=120.0,
                 stream_items=20_000,
             )
@@ -120,6 +130,11 @@ class Settings:
             recovery_deadline_s=10.0,
             hang_sleep_s=3,
             memory_size=1,
+            scale_workers=3,
+            scale_callers=6,
+            scale_many_workers=2,
+            scale_many_callers=20,
+            scale_calls=200,
             measure_timeout_s=60.0,
             stream_items=1_000,
         )

@@ -53,14 +53,19 @@ class ProcessPoolExecutorHandle(SyncHandle):
     def _submit(self, command: str, *args: Any) -> cf.Future[Any]:
         return self._ex.submit(_task(command), *args)
 
-    def map(self, command: str, items: list[Any], chunksize: int) -> list[Any]:
-        return list(self._ex.map(_task(command), items, chunksize=chunksize))
+    def map(self, command: str, items: list[Any], chunksize: int | None) -> list[Any]:
+        return list(self._ex.map(_task(command), items, **_chunks(chunksize)))
 
     def broken_by(self, exc: BaseException) -> bool:
         return isinstance(exc, cf.process.BrokenProcessPool)
 
     def info(self) -> dict[str, str]:
         return {"start_method": multiprocessing.get_start_method()}
+
+
+def _chunks(chunksize: int | None) -> dict[str, int]:
+    """The ``chunksize`` argument, or none at all: the library's default."""
+    return {} if chunksize is None else {"chunksize": chunksize}
 
 
 class MultiprocessingPoolHandle(SyncHandle):
@@ -97,8 +102,8 @@ class MultiprocessingPoolHandle(SyncHandle):
         )
         return future
 
-    def map(self, command: str, items: list[Any], chunksize: int) -> list[Any]:
-        return self._pool.map(_task(command), items, chunksize=chunksize)
+    def map(self, command: str, items: list[Any], chunksize: int | None) -> list[Any]:
+        return self._pool.map(_task(command), items, **_chunks(chunksize))
 
     def info(self) -> dict[str, str]:
         return {"start_method": self.start_method or multiprocessing.get_start_method()}
@@ -142,8 +147,8 @@ class LokyHandle(SyncHandle):
         future: cf.Future[Any] = self._ex.submit(_task(command), *args)
         return future
 
-    def map(self, command: str, items: list[Any], chunksize: int) -> list[Any]:
-        return list(self._ex.map(_task(command), items, chunksize=chunksize))
+    def map(self, command: str, items: list[Any], chunksize: int | None) -> list[Any]:
+        return list(self._ex.map(_task(command), items, **_chunks(chunksize)))
 
     def broken_by(self, exc: BaseException) -> bool:
         return isinstance(exc, cf.process.BrokenProcessPool) or "Broken" in type(exc).__name__
@@ -179,8 +184,8 @@ class PebbleHandle(SyncHandle):
         future: cf.Future[Any] = self._pool.schedule(_task(command), args=args, timeout=timeout)
         return future
 
-    def map(self, command: str, items: list[Any], chunksize: int) -> list[Any]:
-        return list(self._pool.map(_task(command), items, chunksize=chunksize).result())
+    def map(self, command: str, items: list[Any], chunksize: int | None) -> list[Any]:
+        return list(self._pool.map(_task(command), items, **_chunks(chunksize)).result())
 
     def info(self) -> dict[str, str]:
         return {"start_method": multiprocessing.get_start_method(), "version": _version("pebble")}
@@ -231,7 +236,7 @@ class MpireHandle(SyncHandle):
         )
         return future
 
-    def map(self, command: str, items: list[Any], chunksize: int) -> list[Any]:
+    def map(self, command: str, items: list[Any], chunksize: int | None) -> list[Any]:
         self._use("map")
         result: list[Any] = self._pool.map(
             _task(command), items, chunk_size=chunksize, worker_init=self._init

@@ -13,7 +13,7 @@ from snakeden._bench._common import SCENARIOS, Context, Outcome, Settings
 Kind = Literal["floor", "snakeden", "peer"]
 Runner = Callable[[str, str, "str | None", Settings, Context], Outcome]
 
-_ALL = frozenset(SCENARIOS) - {"stream"}  # streams: snakeden and its floor only
+_ALL = frozenset(SCENARIOS) - {"stream", "scale"}  # snakeden (and its floor) only
 _FAST = frozenset({"latency", "throughput", "payload"})
 
 
@@ -75,15 +75,24 @@ CONTENDERS: tuple[Contender, ...] = (
         "snakeden-async",
         "snakeden Pool (asyncio)",
         "snakeden",
-        _ALL | {"stream"},
+        _ALL | {"stream", "scale"},
         runner="snakeden._bench._snakeden:run_async",
     ),
     Contender(
         "snakeden-sync",
         "snakeden SyncPool",
         "snakeden",
-        _ALL | {"stream"},
+        _ALL | {"stream", "scale"},
         runner="snakeden._bench._snakeden:run_sync",
+    ),
+    Contender(
+        "snakeden-uvloop",
+        "snakeden Pool (asyncio on uvloop)",
+        "snakeden",
+        _FAST | {"scale"},
+        requires=("uvloop",),
+        runner="snakeden._bench._snakeden:run_uvloop",
+        why_not="the event loop only changes the call path (snakeden[fast])",
     ),
     Contender(
         "snakeden-node",

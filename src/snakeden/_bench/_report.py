@@ -144,6 +144,14 @@ def metrics(s: Settings) -> list[Metric]:
             "higher",
             pooled_median("map_calls_per_s"),
         ),
+        Metric(
+            "throughput",
+            "throughput.map_default",
+            "map, default chunksize",
+            "calls/s",
+            "higher",
+            pooled_median("map_default_calls_per_s"),
+        ),
     ]
     for size, _ in s.payload:
         out.append(
@@ -162,14 +170,50 @@ def metrics(s: Settings) -> list[Metric]:
             out.append(
                 Metric(
                     "payload",
-                    f"payload.shm.{size}",
-                    f"echo {human_size(size)}, shm_threshold=1 MiB (snakeden only)",
+                    f"payload.pipe.{size}",
+                    f"echo {human_size(size)}, shm_threshold=None: by pipe (snakeden only)",
                     "MB/s",
                     "higher",
-                    mb_per_s(size, "rtt_shm_s"),
+                    mb_per_s(size, "rtt_pipe_s"),
                     floors,
                 )
             )
+    many = f"{s.scale_many_callers:,} callers, {s.scale_many_workers} workers"
+    out += [
+        Metric(
+            "scale",
+            "scale.ready",
+            f"{s.scale_workers} workers: start to all ready",
+            "s",
+            "lower",
+            rep_median("scale_ready_s"),
+        ),
+        Metric(
+            "scale",
+            "scale.calls",
+            f"{s.scale_workers} workers, {s.scale_callers} callers",
+            "calls/s",
+            "higher",
+            rep_median("scale_calls_per_s"),
+        ),
+        Metric(
+            "scale",
+            "scale.cpu",
+            f"{s.scale_workers} workers, {s.scale_callers} callers: host CPU per call",
+            "µs",
+            "lower",
+            rep_median("scale_cpu_s", 1e6),
+        ),
+        Metric("scale", "scale.many", many, "calls/s", "higher", rep_median("many_calls_per_s")),
+        Metric(
+            "scale",
+            "scale.many_cpu",
+            f"{many}: host CPU per call",
+            "µs",
+            "lower",
+            rep_median("many_cpu_s", 1e6),
+        ),
+    ]
     one = str(min(s.coldstart_sizes))
     for n in s.coldstart_sizes:
         ready = rep_median("ready_s", variant=str(n))
@@ -279,6 +323,11 @@ def scenario_title(scenario: str, s: Settings) -> str:
         "stream": (
             f"Streams: a generator command's {s.stream_items:,} small ints, read as they come "
             "(snakeden and its floor only)"
+        ),
+        "scale": (
+            f"Scale: {s.scale_workers} workers ({s.scale_callers} callers at once), then "
+            f"{s.scale_many_callers:,} callers at once on {s.scale_many_workers} workers; "
+            f"{s.scale_calls:,} trivial calls each"
         ),
     }[scenario]
 

@@ -10,8 +10,10 @@ import asyncio
 import concurrent.futures as cf
 import contextlib
 import functools
+import importlib.metadata
 import os
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Final
@@ -72,7 +74,7 @@ class SnakedenSyncHandle(SyncHandle):
     def _submit(self, command: str, *args: Any) -> cf.Future[Any]:
         return self._pool.submit(command, *args)
 
-    def map(self, command: str, items: list[Any], chunksize: int) -> list[Any]:
+    def map(self, command: str, items: list[Any], chunksize: int | None) -> list[Any]:
         return list(self._pool.map(command, items, chunksize=chunksize))
 
     def _submit_with_timeout(self, command: str, timeout: float, *args: Any) -> cf.Future[Any]:
@@ -99,7 +101,49 @@ def run_sync(
         from snakeden._bench import _stream
 
         return _stream.run_sync(s)
+    if scenario == "scale":
+        return _scale_sync(s)
     return run_scenario(SnakedenSyncHandle, scenario, variant, s, ctx)
+
+
+def _scale_sync(s: Settings) -> Outcome:
+    out = Outcome()
+    t0 = time.perf_counter()
+    with snakeden.SyncPool(
+        SNAKEDEN_MODULES[()], size=s.scale_workers, start_method=START_METHOD
+    ) as pool:
+        out.add("scale_ready_s", time.perf_counter() - t0)
+        _callers_sync(pool, s.scale_callers, s.scale_calls, out, "scale")
+    with snakeden.SyncPool(
+        SNAKEDEN_MODULES[()], size=s.scale_many_workers, start_method=START_METHOD
+    ) as pool:
+        _callers_sync(pool, s.scale_many_callers, s.scale_calls, out, "many")
+    out.note("callers: threads, each making its share of the calls with call()")
+    return out
+
+
+def _callers_sync(
+    pool: snakeden.SyncPool, callers: int, calls: int, out: Outcome, key: str
+) -> None:
+    per = max(1, calls // callers)
+    start = threading.Barrier(callers + 1)
+
+    def caller() -> None:
+        pool.call("echo", b"x")  # warm: every thread has had a worker once
+        start.wait()
+        for _ in range(per):
+            pool.call("echo", b"x")
+
+    threads = [threading.Thread(target=caller) for _ in range(callers)]
+    for t in threads:
+        t.start()
+    start.wait()
+    c0, t0 = time.process_time(), time.perf_counter()
+    for t in threads:
+        t.join()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    out.add(f"{key}_calls_per_s", per * callers / wall)
+    out.add(f"{key}_cpu_s", cpu / (per * callers))
 
 
 # -- the asyncio front ---------------------------------------------------------------------------
@@ -111,6 +155,20 @@ def run_async(
 
         return asyncio.run(_stream.run_async(s))
     return asyncio.run(_run_async(scenario, variant, s, ctx))
+
+
+def run_uvloop(
+    contender: str, scenario: str, variant: str | None, s: Settings, ctx: Context
+) -> Outcome:
+    """The asyncio front on uvloop's event loop (``snakeden[fast]``): same scenarios."""
+    import uvloop
+
+    if scenario not in ("latency", "throughput", "payload", "scale"):
+        raise NotApplicable(f"{scenario} does not depend on the event loop")
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        out = runner.run(_run_async(scenario, variant, s, ctx))
+    out.info["loop"] = f"uvloop {importlib.metadata.version('uvloop')}"
+    return out
 
 
 def run_node(
@@ -133,22 +191,22 @@ def _new_pool(
     size: int,
     preload: tuple[str, ...] = (),
     pipeline: int = 1,
-    shm_threshold: int | None = None,
     *,
     command: list[str] | None = None,
+    by_pipe: bool = False,
 ) -> snakeden.Pool:
+    """A pool with default settings but for what is named (``by_pipe``: shm_threshold=None)."""
+    options: snakeden.PoolOptions = {"size": size, "pipeline": pipeline}
+    if by_pipe:
+        options["shm_threshold"] = None
     if command is not None:
-        if preload or shm_threshold is not None:
-            raise NotApplicable("a Node worker has no preload and no shared-memory path")
-        return snakeden.Pool(command=command, size=size, pipeline=pipeline)
-    return snakeden.Pool(
-        SNAKEDEN_MODULES[preload],
-        size=size,
-        start_method=START_METHOD,
-        preload=list(preload),
-        pipeline=pipeline,
-        shm_threshold=shm_threshold,
-    )
+        if preload:
+            raise NotApplicable("a Node worker has no preload")
+        options["command"] = command
+        return snakeden.Pool(**options)
+    options["start_method"] = START_METHOD
+    options["preload"] = list(preload)
+    return snakeden.Pool(SNAKEDEN_MODULES[preload], **options)
 
 
 @contextlib.asynccontextmanager
@@ -242,6 +300,11 @@ async def _run_async(
             if len(results) != n:
                 raise RuntimeError(f"map returned {len(results)} results for {n} items")
             out.note(f"bulk: await map() with chunksize={s.chunksize}")
+            t0 = time.perf_counter()
+            results = await pool.map("echo", items)
+            out.add("map_default_calls_per_s", n / (time.perf_counter() - t0))
+            if len(results) != n:
+                raise RuntimeError(f"map returned {len(results)} results for {n} items")
         async with _pool(s.size, pipeline=16) as pool:
             await asyncio.gather(*(pool.call("echo", b"x") for _ in range(s.warmup_calls)))
             t0 = time.perf_counter()
@@ -260,22 +323,33 @@ async def _run_async(
                     t0 = time.perf_counter()
                     await pool.call("echo", data)
                     out.add(f"rtt_s_{size}", time.perf_counter() - t0)
-        shm_from = 1 << 20
         if command is not None:
-            out.note("no shm rows: the Node runtime has no shared-memory path")
+            out.note("no pipe-only rows: the Node runtime has no shared-memory path anyway")
             return out
-        async with _pool(s.size, shm_threshold=shm_from) as pool:
+        async with _pool(s.size, by_pipe=True) as pool:
             await _probe_all(pool, s.size, s.hold_s)
+            pin_caller_and_pool(out)
             for size, calls in s.payload:
-                if size < shm_from:
+                if size < 1 << 20:
                     continue
                 data = os.urandom(size)
                 await pool.call("echo", data)
                 for _ in range(calls):
                     t0 = time.perf_counter()
                     await pool.call("echo", data)
-                    out.add(f"rtt_shm_s_{size}", time.perf_counter() - t0)
-            out.note(f"shm rows: Pool(shm_threshold={shm_from}), buffers by /dev/shm")
+                    out.add(f"rtt_pipe_s_{size}", time.perf_counter() - t0)
+            out.note(
+                "default pools send buffers of 64 KiB and more by shared memory; "
+                "pipe rows: Pool(shm_threshold=None)"
+            )
+    elif scenario == "scale":
+        t0 = time.perf_counter()
+        async with _pool(s.scale_workers) as pool, _described(pool, out):
+            out.add("scale_ready_s", time.perf_counter() - t0)
+            await _callers(pool, s.scale_callers, s.scale_calls, out, "scale")
+        async with _pool(s.scale_many_workers) as pool:
+            await _callers(pool, s.scale_many_callers, s.scale_calls, out, "many")
+        out.note("callers: tasks, each making its share of the calls with await call()")
     elif scenario == "coldstart":
         assert variant is not None
         count = int(variant)
@@ -299,6 +373,22 @@ async def _run_async(
     else:
         raise NotApplicable(scenario)
     return out
+
+
+async def _callers(pool: snakeden.Pool, callers: int, calls: int, out: Outcome, key: str) -> None:
+    """``callers`` tasks at once, ``calls`` calls in all: calls/s and host CPU per call."""
+    per = max(1, calls // callers)
+
+    async def caller() -> None:
+        for _ in range(per):
+            await pool.call("echo", b"x")
+
+    await asyncio.gather(*(pool.call("echo", b"x") for _ in range(callers)))
+    c0, t0 = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(callers)))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    out.add(f"{key}_calls_per_s", per * callers / wall)
+    out.add(f"{key}_cpu_s", cpu / (per * callers))
 
 
 def _read_pid(path: str) -> int | None:

@@ -61,7 +61,8 @@ class SyncHandle(abc.ABC):
     def _submit(self, command: str, *args: Any) -> cf.Future[Any]:
         """Start one call; its future."""
 
-    def map(self, command: str, items: list[Any], chunksize: int) -> list[Any]:
+    def map(self, command: str, items: list[Any], chunksize: int | None) -> list[Any]:
+        """``chunksize=None``: the library's default (its own automatic size, or 1)."""
         raise NotApplicable("no map")
 
     def _submit_with_timeout(self, command: str, timeout: float, *args: Any) -> cf.Future[Any]:
@@ -211,6 +212,12 @@ def run_scenario(
                 if len(results) != n:
                     raise RuntimeError(f"map returned {len(results)} results for {n} items")
                 out.note(f"bulk: {h.api.get('map', 'map')} with chunksize={s.chunksize}")
+                h.map("echo", items[: s.warmup_calls], None)
+                t0 = time.perf_counter()
+                results = h.map("echo", items, None)
+                out.add("map_default_calls_per_s", n / (time.perf_counter() - t0))
+                if len(results) != n:
+                    raise RuntimeError(f"map returned {len(results)} results for {n} items")
             except NotApplicable as exc:
                 out.note(f"bulk map n/a: {exc}")
     elif scenario == "payload":
