@@ -535,6 +535,7 @@ class Checkout:
                 start_failures=c.start_failures,
                 checkout_wait=Percentiles.of(list(c.checkout_wait)),
                 call_latency=Percentiles.of(list(c.call_latency)),
+                nodes=_per_node(ws),
             )
 
     def check_invariants(self) -> None:
@@ -560,3 +561,12 @@ class Checkout:
 
 
 _LIVE = (WState.STARTING, WState.IDLE, WState.BUSY)
+
+
+def _per_node(ws: list[WorkerHandle]) -> dict[str, int]:
+    nodes: dict[str, int] = {}
+    for w in ws:
+        node = w.proc.node if w.proc is not None else None
+        if node is not None and w.state in _LIVE:
+            nodes[node] = nodes.get(node, 0) + 1
+    return nodes

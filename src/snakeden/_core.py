@@ -42,6 +42,7 @@ from snakeden._errors import (
     ProtocolError,
     QueueTimeout,
     WorkerCrashed,
+    WorkerLost,
     WorkerStartError,
     describe_exit,
 )
@@ -264,6 +265,17 @@ class PoolCore:
                 f"worker {w.id} (pid {w.pid}) broke the protocol while running {command!r}: "
                 f"{lost.cause}; it was killed and is being replaced"
             )
+        elif w.proc.lost is not None:
+            return WorkerLost(
+                f"worker {w.id} (pid {w.pid} on node {w.proc.node}) was lost while running "
+                f"{command!r}: {w.proc.lost}. The call may or may not have run; the pool is "
+                f"replacing the worker on the nodes that remain" + tail_text(tail),
+                node=w.proc.node,
+                exitcode=code,
+                stderr_tail=tail,
+                worker_id=w.id,
+                pid=w.pid,
+            )
         elif w.cause is Cause.CLOSED:
             cls = WorkerCrashed
             head = (
@@ -389,7 +401,12 @@ def _is_violation(lost: ChannelLost) -> bool:
 
 def make_launcher(config: PoolConfig, run_tag: str, env: dict[str, str]) -> Launcher:
     """The launcher for ``start_method``: ``auto`` forks from a template where it can; a
-    ``command`` (any program speaking the protocol) is always spawned from its argv."""
+    ``command`` (any program speaking the protocol) is always spawned from its argv; the Ray
+    backend starts each worker under a Ray actor on a cluster node (``_ray_launcher``)."""
+    if config.backend == "ray":
+        from snakeden._ray_launcher import RayLauncher  # imports Ray itself only in start()
+
+        return RayLauncher(config, env)
     if config.command is not None:
         return CommandLauncher(config.command)
     method = config.start_method

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, assert_never
 
 #: Upper bounds (seconds) of the cumulative histograms of call latency and checkout wait that
@@ -71,6 +71,8 @@ class PoolStats:
     start_failures: int
     checkout_wait: Percentiles
     call_latency: Percentiles
+    # Workers in service or starting, by cluster node (backend="ray"; empty for a local pool).
+    nodes: dict[str, int] = field(default_factory=dict)
 
 
 class Counters:
