@@ -6,10 +6,12 @@ in the process table."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -143,6 +145,21 @@ def test_sync_timeout_kills_the_worker_and_replaces_it(ray_cluster: Any) -> None
             assert pool.stats().calls_timed_out == 1
 
 
+@contextlib.contextmanager
+def gated(n: int) -> Iterator[tuple[list[Rendezvous], list[str]]]:
+    """``n`` rendezvous (a ``gate`` call says it runs) and ``n`` gates (it waits there)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rvs = [Rendezvous(tmp, f"r{i}") for i in range(n)]
+        gates = [os.path.join(tmp, f"go{i}") for i in range(n)]
+        for g in gates:
+            os.mkfifo(g)
+        try:
+            yield rvs, gates
+        finally:
+            for r in rvs:
+                r.close()
+
+
 def open_gate(path: str) -> None:
     fd = os.open(path, os.O_WRONLY)  # returns once the call waits at the gate
     os.write(fd, b"go")
@@ -159,11 +176,7 @@ def test_node_loss_fails_its_call_promptly_and_the_pool_recovers(ray_cluster: An
         ray_cluster.wait_for_nodes()
         joined = None
         try:
-            with tempfile.TemporaryDirectory() as tmp:
-                rvs = [Rendezvous(tmp, f"r{i}") for i in range(3)]
-                gates = [os.path.join(tmp, f"go{i}") for i in range(3)]
-                for g in gates:
-                    os.mkfifo(g)
+            with gated(3) as (rvs, gates):
                 async with snakeden.Pool(
                     GATED_MODULE, size=3, backend="ray", ray=RAY, start_timeout=120
                 ) as pool:
@@ -203,10 +216,39 @@ def test_node_loss_fails_its_call_promptly_and_the_pool_recovers(ray_cluster: An
                         range(9)
                     )
                     procs = ray_processes(pool._core)
-                for r in rvs:
-                    r.close()
             assert_all_gone(procs)
             print(f"node loss seen by the caller in {took:.2f}s")  # for the report, not checked
+        finally:
+            if joined is not None:
+                ray_cluster.remove_node(joined)
+
+    run(body())
+
+
+def test_the_pool_grows_onto_a_node_that_joins(ray_cluster: Any) -> None:
+    """max_size: calls queue, the pool grows onto the two nodes there are, and its third
+    worker starts once a third node joins; all three calls then run at once."""
+
+    async def body() -> None:
+        joined = None
+        try:
+            with gated(3) as (rvs, gates):
+                async with snakeden.Pool(
+                    GATED_MODULE, size=1, max_size=3, backend="ray", ray=RAY, start_timeout=120
+                ) as pool:
+                    calls = [
+                        asyncio.create_task(pool.call("gate", str(r), g))
+                        for r, g in zip(rvs, gates, strict=True)
+                    ]
+                    await rvs[0].wait_async()
+                    await rvs[1].wait_async()  # grown onto the second node
+                    assert sorted(pool.stats().nodes.values()) == [1, 1]
+                    joined = ray_cluster.add_node(num_cpus=1)
+                    await rvs[2].wait_async()  # the third call runs: on the new node
+                    assert pool.stats().nodes.get(joined.node_id) == 1, pool.stats().nodes
+                    for g in gates:
+                        await asyncio.to_thread(open_gate, g)
+                    assert await asyncio.gather(*calls) == [2, 2, 2]
         finally:
             if joined is not None:
                 ray_cluster.remove_node(joined)

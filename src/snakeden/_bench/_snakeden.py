@@ -120,7 +120,10 @@ def _new_pool(
     shm_threshold: int | None = None,
     *,
     command: list[str] | None = None,
+    ray: bool = False,
 ) -> snakeden.Pool:
+    if ray:  # each worker under a Ray actor (_bench/_ray.py connected Ray first)
+        return snakeden.Pool(SNAKEDEN_MODULES[preload], size=size, pipeline=pipeline, backend="ray")
     if command is not None:
         if preload or shm_threshold is not None:
             raise NotApplicable("a Node worker has no preload and no shared-memory path")
@@ -181,11 +184,18 @@ def _describe(task: asyncio.Future[Any]) -> str:
 
 
 async def _run_async(
-    scenario: str, variant: str | None, s: Settings, ctx: Context, command: list[str] | None = None
+    scenario: str,
+    variant: str | None,
+    s: Settings,
+    ctx: Context,
+    command: list[str] | None = None,
+    *,
+    ray: bool = False,
 ) -> Outcome:
-    """One scenario on asyncio pools of Python workers, or of ``command`` workers if given."""
+    """One scenario on asyncio pools of Python workers, or of ``command`` workers if given, or
+    of Python workers on Ray (``ray``)."""
     out = Outcome()
-    _pool = functools.partial(_new_pool, command=command)
+    _pool = functools.partial(_new_pool, command=command, ray=ray)
     if command is None:
         out.info["start_method"] = START_METHOD
     else:
