@@ -214,7 +214,8 @@ class RayLauncher:
             "resources": dict(o.resources),
             "max_restarts": 0,
             "max_task_retries": 0,
-            "max_concurrency": 16,  # the relay's long poll, writes, kill, ping at once
+            # A threaded actor: the relay's long poll, its writes and a kill at once.
+            "max_concurrency": 8,
         }
         if o.memory is not None:
             opts["memory"] = o.memory
