@@ -43,6 +43,7 @@ _READ_SIZE = 1 << 20
 #: In an argv sent to a node: the interpreter Ray runs there (the host's path may not exist).
 NODE_PYTHON = "{node-python}"
 _IN = select.POLLIN | select.POLLHUP | select.POLLERR
+_HIGH = 4 << 20  # bytes of one pipe's output held for the host before the worker is held back
 
 
 class WorkerActor:
@@ -123,15 +124,24 @@ class WorkerActor:
         except (AttributeError, OSError):
             pidfd = -1  # an old kernel: look at the process between polls
         poller = select.poll()
-        for fd in (*self._fds, self._wake_r):
-            poller.register(fd, _IN)
+        poller.register(self._wake_r, _IN)
         if pidfd >= 0:
             poller.register(pidfd, _IN)
+        polled: set[int] = set()  # the worker's pipes being read: not those the host lags on
         polled_wfd = -1  # the worker's end while the host's bytes wait for room in its pipe
         while True:
             with self._cond:
                 self._close_writer_if_done()
                 want_wfd = self._wfd if self._wbuf else -1
+                # A host that does not take the output (its pipe is full) holds the worker's
+                # writes back, as a pipe would, instead of filling this process's memory.
+                pairs = zip(self._fds, self._bufs, strict=True)
+                want = {fd for fd, b in pairs if fd >= 0 and len(b) < _HIGH}
+            for fd in polled - want:
+                poller.unregister(fd)
+            for fd in want - polled:
+                poller.register(fd, _IN)
+            polled = want
             if want_wfd != polled_wfd:
                 if polled_wfd >= 0:
                     poller.unregister(polled_wfd)
@@ -148,8 +158,9 @@ class WorkerActor:
                 elif fd == polled_wfd:
                     with self._cond:
                         self._flush()
-                elif fd in self._fds and self._read_some(self._fds.index(fd)) is None:
+                elif fd in polled and self._read_some(self._fds.index(fd)) is None:
                     poller.unregister(fd)
+                    polled.discard(fd)
                     self._close_reader(fd)
             if exited or (pidfd < 0 and proc.poll() is not None):
                 break
@@ -251,9 +262,12 @@ class WorkerActor:
             while not (self.done or any(self._bufs)):
                 self._cond.wait()
             out = tuple(bytes(b) for b in self._bufs)
+            held_back = any(len(b) >= _HIGH for b in self._bufs)
             for b in self._bufs:
                 b.clear()
-            return out[0], out[1], out[2], self.returncode, self.done
+        if held_back:
+            self._wake_owner()  # read the worker's pipes again
+        return out[0], out[1], out[2], self.returncode, self.done
 
     # --- control ---------------------------------------------------------------------------------
 

@@ -77,6 +77,19 @@ def test_async_pool_calls_workers_on_two_nodes_and_leaves_nothing(ray_cluster: A
     run(body())
 
 
+def test_large_frames_pass_byte_for_byte_both_ways(ray_cluster: Any) -> None:
+    """Larger than every pipe and than what the actor holds for a slow host: the relay's
+    buffering and back-pressure on both sides."""
+    data = os.urandom(24 << 20)
+
+    async def body() -> None:
+        async with snakeden.Pool(FAULTS_MODULE, size=1, backend="ray", ray=RAY) as pool:
+            results = await asyncio.gather(*(pool.call("echo", data) for _ in range(2)))
+            assert all(r == data for r in results)
+
+    run(body())
+
+
 def test_sync_pool_basic_call_and_close(ray_cluster: Any) -> None:
     with snakeden.SyncPool(FAULTS_MODULE, size=1, backend="ray", ray={"num_cpus": 1}) as pool:
         assert pool.call("echo", "sync") == "sync"
@@ -254,3 +267,22 @@ def test_the_pool_grows_onto_a_node_that_joins(ray_cluster: Any) -> None:
                 ray_cluster.remove_node(joined)
 
     run(body())
+
+
+@pytest.mark.parametrize(
+    ("options", "text"),
+    [
+        ({"target": "tests.workers.import_exception"}, "RuntimeError: injected fault"),
+        (
+            {"target": FAULTS_MODULE, "python": "/nonexistent/python"},
+            "cannot start worker w",
+        ),
+    ],
+)
+def test_a_worker_that_cannot_start_on_its_node_says_why(
+    ray_cluster: Any, options: dict[str, Any], text: str
+) -> None:
+    target = options.pop("target")
+    with pytest.raises(snakeden.WorkerStartError, match="failed to start") as info:
+        snakeden.SyncPool(target, size=1, backend="ray", ray=RAY, **options)
+    assert text in str(info.value)
