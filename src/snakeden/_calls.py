@@ -25,9 +25,10 @@ from snakeden._protocol import (
     BATCH,
     BY_REFERENCE,
     HEADER_SIZE,
+    KIND_ERROR,
+    KIND_RESULT,
     PICKLE,
     Frame,
-    Kind,
     PickledException,
     decode_body,
     encode_body,
@@ -38,6 +39,8 @@ Command = str | Callable[..., Any]
 
 def command_name(cmd: Command) -> tuple[str, int]:
     """The wire name of a command and the flag bits it needs."""
+    if type(cmd) is str:  # the common case first: ByValue is a str too
+        return cmd, 0
     if isinstance(cmd, ByValue):
         # The callable itself is the call's first argument (see _commands.sendable). A plain
         # str: pickle would otherwise send the ByValue class along with the name.
@@ -157,9 +160,9 @@ def decode_reply(frame: Frame, name: str) -> Any:
         raise ProtocolError(
             f"worker sent an undecodable reply to {name!r}: {type(exc).__name__}: {exc}"
         ) from exc
-    if frame.kind == Kind.RESULT:
+    if frame.kind == KIND_RESULT:
         return body
-    if frame.kind == Kind.ERROR:
+    if frame.kind == KIND_ERROR:
         raise error_from_body(body, name)
     raise ProtocolError(f"worker answered {name!r} with an unexpected frame kind {frame.kind}")
 

@@ -19,10 +19,11 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from snakeden._config import PoolConfig
 from snakeden._errors import PoolClosed, PoolSaturated
-from snakeden._handle import Cause, WorkerHandle, WState
+from snakeden._handle import BUSY, DEAD, IDLE, STARTING, STOPPING, Cause, WorkerHandle
 from snakeden._stats import Counters, Outcome, Percentiles, PoolStats
 
 
@@ -34,6 +35,10 @@ class Phase(enum.Enum):
     STOPPING = "stopping"  # workers being stopped: no more replacements, even for waiters
     CLOSED = "closed"
     BROKEN = "broken"  # start failures in a row: every call is refused with PoolBroken
+
+
+_RUNNING: Final = Phase.RUNNING  # per-call paths: see _handle.BUSY
+_CLOSING: Final = Phase.CLOSING
 
 
 # --- waiters: a caller queued for a worker -----------------------------------------------------
@@ -137,7 +142,7 @@ class Checkout:
             if not self.waiters:
                 if self.idle:
                     w = self.idle.pop()  # most recently used: warm caches, and lets others idle
-                    w.move(WState.BUSY)
+                    w.move(BUSY)
                     w.inflight = 1
                     w.leased_at = self.clock()  # for the live view: busy for how long
                     self.leased += 1
@@ -163,7 +168,7 @@ class Checkout:
         best = None
         for w in self.workers.values():
             if (
-                w.state is WState.BUSY
+                w.state is BUSY
                 and w.inflight < self.depth
                 and not w.retiring
                 and not w.must_retire
@@ -205,6 +210,22 @@ class Checkout:
                 w.busy_time += latency  # utilisation = busy time over wall time (metrics)
                 w.calls += 1
                 w.last_used = self.clock()
+            if (
+                w.inflight == 1
+                and w.state is BUSY
+                and not self.waiters
+                and w.max_calls is None
+                and not w.retiring
+                and not self.memory_limited
+                and self.phase is _RUNNING
+            ):
+                # The common case, decided without _settle's call (a function call is a
+                # noticeable part of the host's cost of a call): nothing to do but idle it.
+                self.leased -= 1
+                w.inflight = 0
+                w.move(IDLE)
+                self.idle.append(w)
+                return None
             return self._settle(w)
 
     def _settle(self, w: WorkerHandle) -> Actions | None:
@@ -213,15 +234,15 @@ class Checkout:
         w.inflight -= 1
         act: Actions | None = None
         was_retiring = w.retiring
-        if w.state is not WState.BUSY:  # out of service: failed, retiring, or dead
-            if w.inflight == 0 and w.state is WState.DEAD:
+        if w.state is not BUSY:  # out of service: failed, retiring, or dead
+            if w.inflight == 0 and w.state is DEAD:
                 self.workers.pop(w.id, None)
                 if w.close_on_release:
                     w.close_on_release = False
                     act = Actions(close_fds=w)
         elif (w.max_calls is not None or w.retiring) and self._wants_retirement(w):
             if w.inflight == 0:
-                w.move(WState.STOPPING, Cause.RETIRED)
+                w.move(STOPPING, Cause.RETIRED)
                 self.counters.recycled += 1
                 act = Actions(retire=w, ensure_capacity=True)
         else:
@@ -235,7 +256,7 @@ class Checkout:
                     act = Actions(wake=waiter)
                     break
             if act is None and w.inflight == 0:
-                w.move(WState.IDLE)
+                w.move(IDLE)
                 self.idle.append(w)
             if w.retiring and not was_retiring:
                 act = act or Actions()
@@ -246,14 +267,14 @@ class Checkout:
                 w.next_memory_check = w.last_used + self.config.memory_check_interval
                 act = act or Actions()
                 act.check_memory = w
-        if self.phase is Phase.CLOSING and self._drained():
+        if self.phase is _CLOSING and self._drained():
             act = act or Actions()
             act.drained = True
         return act
 
     def _wants_retirement(self, w: WorkerHandle) -> bool:
         if w.max_calls is not None:
-            replacement_ready = w.replacing is not None and w.replacing.state is not WState.STARTING
+            replacement_ready = w.replacing is not None and w.replacing.state is not STARTING
             # Past the limit, keep serving until the replacement is warm (capacity never dips),
             # but never past twice the limit.
             if w.calls >= w.max_calls and (replacement_ready or w.calls >= 2 * w.max_calls):
@@ -264,7 +285,7 @@ class Checkout:
         if w.must_retire:
             return True
         if w.retiring:
-            return w.replacing is not None and w.replacing.state is not WState.STARTING
+            return w.replacing is not None and w.replacing.state is not STARTING
         return False
 
     def _drained(self) -> bool:
@@ -274,11 +295,11 @@ class Checkout:
         """Take ``w`` out of service for ``cause`` (the caller then kills it). An idle worker
         leaves the idle set at once, so it is never handed out. False if it was already out."""
         with self.lock:
-            if w.state in (WState.STOPPING, WState.DEAD):
+            if w.state in (STOPPING, DEAD):
                 return False
-            if w.state is WState.IDLE:
+            if w.state is IDLE:
                 self.idle.remove(w)
-            w.move(WState.STOPPING, cause)
+            w.move(STOPPING, cause)
             return True
 
     # --- supervisor ------------------------------------------------------------------------------
@@ -301,16 +322,16 @@ class Checkout:
         HELLO was handled died right after start-up: it is replaced like any crashed worker."""
         with self.lock:
             self.failures_in_a_row = 0
-            if w.state is WState.DEAD:
+            if w.state is DEAD:
                 self.workers.pop(w.id, None)
                 if self.may_start():
                     self.counters.restarts += 1
                     return False, Actions(ensure_capacity=True)
                 return False, None
-            if w.state is not WState.STARTING:
+            if w.state is not STARTING:
                 return False, None  # stopped by close() meanwhile; its exit finishes it
             w.ready_at = w.last_used = self.clock()
-            w.move(WState.BUSY)
+            w.move(BUSY)
             w.inflight = 1
             self.leased += 1
             return True, self._settle(w)
@@ -319,8 +340,8 @@ class Checkout:
         """A launch or handshake failed. True when the pool should now be declared broken
         (``in_a_row``: count it towards that; the initial start reports its failures itself)."""
         with self.lock:
-            if w.state is not WState.DEAD:
-                w.move(WState.DEAD, Cause.EXITED)
+            if w.state is not DEAD:
+                w.move(DEAD, Cause.EXITED)
             self.workers.pop(w.id, None)
             self.counters.start_failures += 1
             self.failures_in_a_row += in_a_row
@@ -332,10 +353,10 @@ class Checkout:
         replace (not a retirement, a shutdown, or a start the start path reports)."""
         with self.lock:
             prior = w.state
-            if prior is WState.IDLE:
+            if prior is IDLE:
                 self.idle.remove(w)
-            if prior is not WState.DEAD:
-                w.move(WState.DEAD, Cause.EXITED)
+            if prior is not DEAD:
+                w.move(DEAD, Cause.EXITED)
             close_now = w.inflight == 0
             # A caller holding the lease may be blocked in read() on the channel: closing the fd
             # under it would let the number be reused by the next worker's pipe.
@@ -360,16 +381,16 @@ class Checkout:
         """Take ``w`` out of the idle set: leased to the supervisor (a ping), or, with ``stop``,
         out of service for that cause. False if it is not idle any more."""
         with self.lock:
-            if w.state is not WState.IDLE:
+            if w.state is not IDLE:
                 return False
             self.idle.remove(w)
             if stop is None:
-                w.move(WState.BUSY)
+                w.move(BUSY)
                 w.inflight = 1
                 w.leased_at, w.current_command = self.clock(), "(health check)"
                 self.leased += 1
             else:
-                w.move(WState.STOPPING, stop)
+                w.move(STOPPING, stop)
                 if stop is Cause.RETIRED:
                     self.counters.recycled += 1
             return True
@@ -382,9 +403,9 @@ class Checkout:
             act = Actions(ensure_capacity=True)
             if now:
                 w.must_retire = True
-                if w.state is WState.IDLE:
+                if w.state is IDLE:
                     self.idle.remove(w)
-                    w.move(WState.STOPPING, Cause.RETIRED)
+                    w.move(STOPPING, Cause.RETIRED)
                     self.counters.recycled += 1
                     act.retire = w
             return act
@@ -410,7 +431,7 @@ class Checkout:
                 for w in self.workers.values()
                 if (w.retiring or w.must_retire)
                 and not w.replacement_scheduled
-                and w.state is not WState.DEAD
+                and w.state is not DEAD
             ]
             self.scheduled += missing
             plan: list[WorkerHandle | None] = []
@@ -433,11 +454,9 @@ class Checkout:
         if self.upper == self.size:
             return False  # no max_size: nothing to decide, and this runs for every queued call
         live = self.scheduled + sum(
-            1 for w in self.workers.values() if w.state not in (WState.DEAD, WState.STOPPING)
+            1 for w in self.workers.values() if w.state not in (DEAD, STOPPING)
         )
-        starting = self.scheduled + sum(
-            1 for w in self.workers.values() if w.state is WState.STARTING
-        )
+        starting = self.scheduled + sum(1 for w in self.workers.values() if w.state is STARTING)
         return len(self.waiters) > starting and live < self.upper
 
     def backoff(self) -> float:
@@ -454,7 +473,7 @@ class Checkout:
         cfg = self.config
         out: list[tuple[WorkerHandle, str]] = []
         with self.lock:
-            live = sum(1 for w in self.workers.values() if w.state is not WState.DEAD)
+            live = sum(1 for w in self.workers.values() if w.state is not DEAD)
             for w in list(self.idle):
                 if cfg.max_age is not None and now - w.born > cfg.max_age and not w.retiring:
                     out.append((w, "age"))
@@ -517,8 +536,8 @@ class Checkout:
             return PoolStats(
                 state=self.phase.value,
                 workers=sum(1 for w in ws if w.state in _LIVE),
-                stopping=sum(1 for w in ws if w.state is WState.STOPPING),
-                starting=sum(1 for w in ws if w.state is WState.STARTING),
+                stopping=sum(1 for w in ws if w.state is STOPPING),
+                starting=sum(1 for w in ws if w.state is STARTING),
                 ready=len(self.idle),
                 busy=sum(1 for w in ws if w.inflight > 0),
                 in_flight=self.leased,
@@ -545,22 +564,22 @@ class Checkout:
             held = sum(w.inflight for w in ws)
             assert held == self.leased, f"leased={self.leased} but workers hold {held}: {ws}"
             for w in self.idle:
-                assert w.state is WState.IDLE and w.inflight == 0, f"bad idle worker {w!r}"
+                assert w.state is IDLE and w.inflight == 0, f"bad idle worker {w!r}"
                 assert self.workers.get(w.id) is w, f"idle worker {w!r} not registered"
             for w in ws:
-                assert (w.state is WState.IDLE) == (w in self.idle), f"idle set vs {w!r}"
-                if w.state is WState.BUSY:
+                assert (w.state is IDLE) == (w in self.idle), f"idle set vs {w!r}"
+                if w.state is BUSY:
                     assert w.inflight > 0, f"busy with no lease: {w!r}"
-                if w.state in (WState.STOPPING, WState.DEAD):
+                if w.state in (STOPPING, DEAD):
                     assert w.cause is not None, f"out of service without a cause: {w!r}"
                 assert w.inflight <= max(1, self.depth), f"over depth: {w!r}"
             assert self.scheduled >= 0, f"scheduled={self.scheduled}"
             if self.phase is Phase.CLOSED:
                 assert not self.waiters and self.leased == 0, f"closed with work: {self!r}"
-                assert all(w.state is WState.DEAD for w in ws), f"closed, alive: {ws}"
+                assert all(w.state is DEAD for w in ws), f"closed, alive: {ws}"
 
 
-_LIVE = (WState.STARTING, WState.IDLE, WState.BUSY)
+_LIVE = (STARTING, IDLE, BUSY)
 
 
 def _per_node(ws: list[WorkerHandle]) -> dict[str, int]:

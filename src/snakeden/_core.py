@@ -220,7 +220,9 @@ class PoolCore:
         except BaseException:
             self.release(w, "failed", waited, time.perf_counter() - t1)
             raise
-        self.release(w, "ok", waited, time.perf_counter() - t1)
+        act = self.checkout.release(w, "ok", waited, time.perf_counter() - t1)  # release(), inlined
+        if act is not None:
+            self.sup.act(act)
         return result
 
     def call_lost(

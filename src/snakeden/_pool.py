@@ -20,7 +20,7 @@ from snakeden._config import PoolOptions, make_config
 from snakeden._core import PoolCore
 from snakeden._errors import PoolClosed
 from snakeden._handle import Cause, WorkerHandle
-from snakeden._protocol import Kind, encode_frame, encode_header
+from snakeden._protocol import KIND_CALL, Kind, encode_frame, encode_header
 from snakeden._stats import PoolStats
 
 _UNSET: Any = object()
@@ -135,9 +135,10 @@ class Pool:
         timeout: float | None = _UNSET,
         batch: bool = False,
     ) -> Any:
-        cmd, args = _commands.sendable(
-            cmd, args, pickle=self.config.serializer == "pickle", batch=batch
-        )
+        if type(cmd) is not str:
+            cmd, args = _commands.sendable(
+                cmd, args, pickle=self.config.serializer == "pickle", batch=batch
+            )
         core = self._running()
         cfg = self.config
         name, flags, body = core.encode_call(cmd, args, kwargs, batch=batch)
@@ -152,7 +153,7 @@ class Pool:
             ident = channel.next_id()
             fut = channel.expect(ident)
             if core.tracing is None:
-                data = encode_header(Kind.CALL, ident, len(body), flags) + body
+                data = encode_header(KIND_CALL, ident, len(body), flags) + body
             else:  # opens the call's span; the worker may get its trace context
                 data = core.tracing.call_frame(w, name, ident, flags, body, waited, attempt)
             channel.send(data, ident)

@@ -68,6 +68,12 @@ BY_REFERENCE: Final = int(Flag.BY_REFERENCE)
 BATCH: Final = int(Flag.BATCH)
 CONTEXT: Final = int(Flag.CONTEXT)
 
+# Kinds for the per-call paths, as plain ints: on Python 3.11 a ``Kind.X`` lookup runs through
+# EnumType.__getattr__'s slot, several times the cost of a global.
+KIND_CALL: Final = int(Kind.CALL)
+KIND_RESULT: Final = int(Kind.RESULT)
+KIND_ERROR: Final = int(Kind.ERROR)
+
 #: HELLO ``features`` value of a worker that accepts CONTEXT on its CALLs.
 FEATURE_TRACE: Final = "trace"
 #: HELLO ``features`` value of a worker that notes each call's id in the host's "begun" slot

@@ -14,6 +14,8 @@ LATENCY_BUCKETS: tuple[float, ...] = (
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 )  # fmt: skip
 
+_FOLD_AT = 512  # two floats per call: fold every 256 calls
+
 #: How a call ended, as the core counts it (``calls_ok``, ``calls_failed``, ...).
 Outcome = Literal["ok", "failed", "timeout", "crashed", "cancelled"]
 
@@ -79,6 +81,11 @@ class Counters:
     """Mutable counters; mutated under the pool's lock, snapshotted by ``stats()``."""
 
     __slots__ = (
+        "_latency_buckets",
+        "_latency_sum",
+        "_unbucketed",
+        "_wait_buckets",
+        "_wait_sum",
         "call_latency",
         "calls_cancelled",
         "calls_crashed",
@@ -88,14 +95,10 @@ class Counters:
         "calls_rejected",
         "calls_timed_out",
         "checkout_wait",
-        "latency_buckets",
-        "latency_sum",
         "recycled",
         "restarts",
         "restarts_by_cause",
         "start_failures",
-        "wait_buckets",
-        "wait_sum",
     )
 
     def __init__(self, keep: int = 2048) -> None:
@@ -113,10 +116,13 @@ class Counters:
         self.call_latency: deque[float] = deque(maxlen=keep)
         # For metrics: per-bucket counts (the last one is +Inf) and sums since the pool
         # started; the reservoirs above forget, a Prometheus histogram must not.
-        self.latency_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
-        self.wait_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
-        self.latency_sum = 0.0
-        self.wait_sum = 0.0
+        self._latency_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self._wait_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self._latency_sum = 0.0
+        self._wait_sum = 0.0
+        # (wait, latency, wait, latency, ...) not yet in the histograms: bucketing is deferred
+        # to whoever reads them (or every _FOLD_AT calls), off the per-call path.
+        self._unbucketed: list[float] = []
         self.restarts_by_cause: dict[str, int] = {}  # Cause name (lower case) -> restarts
 
     def count_call(self, outcome: Outcome, wait: float, latency: float) -> None:
@@ -135,7 +141,38 @@ class Counters:
             assert_never(outcome)  # a new Outcome needs its counter
         self.checkout_wait.append(wait)
         self.call_latency.append(latency)
-        self.latency_buckets[bisect_left(LATENCY_BUCKETS, latency)] += 1
-        self.latency_sum += latency
-        self.wait_buckets[bisect_left(LATENCY_BUCKETS, wait)] += 1
-        self.wait_sum += wait
+        pending = self._unbucketed
+        pending += (wait, latency)
+        if len(pending) >= _FOLD_AT:
+            self._fold()
+
+    def _fold(self) -> None:
+        pending = self._unbucketed
+        lat, wait = self._latency_buckets, self._wait_buckets
+        for i in range(0, len(pending), 2):
+            wait[bisect_left(LATENCY_BUCKETS, pending[i])] += 1
+            lat[bisect_left(LATENCY_BUCKETS, pending[i + 1])] += 1
+        self._wait_sum += sum(pending[0::2])
+        self._latency_sum += sum(pending[1::2])
+        pending.clear()
+
+    # The cumulative histograms metrics exporters read; read them under the pool's lock.
+    @property
+    def latency_buckets(self) -> list[int]:
+        self._fold()
+        return self._latency_buckets
+
+    @property
+    def latency_sum(self) -> float:
+        self._fold()
+        return self._latency_sum
+
+    @property
+    def wait_buckets(self) -> list[int]:
+        self._fold()
+        return self._wait_buckets
+
+    @property
+    def wait_sum(self) -> float:
+        self._fold()
+        return self._wait_sum

@@ -32,7 +32,7 @@ from snakeden._core import PoolCore
 from snakeden._errors import PoolClosed, PoolSaturated
 from snakeden._handle import Cause
 from snakeden._pool import _UNSET, describe, refuse_in_host_script
-from snakeden._protocol import Kind, encode_header
+from snakeden._protocol import KIND_CALL, encode_header
 from snakeden._stats import PoolStats
 
 _Item = tuple[cf.Future[Any], Command, tuple[Any, ...], dict[str, Any], bool, float]
@@ -159,9 +159,10 @@ class SyncPool(cf.Executor):
         batch: bool = False,
         queue_timeout: float | None = _UNSET,
     ) -> Any:
-        cmd, args = _commands.sendable(
-            cmd, args, pickle=self.config.serializer == "pickle", batch=batch
-        )
+        if type(cmd) is not str:
+            cmd, args = _commands.sendable(
+                cmd, args, pickle=self.config.serializer == "pickle", batch=batch
+            )
         core = self._core
         cfg = self.config
         name, flags, body = core.encode_call(cmd, args, kwargs, batch=batch)
@@ -178,7 +179,7 @@ class SyncPool(cf.Executor):
             ident = channel.next_id()
             deadline = None if timeout is None else time.monotonic() + timeout
             if core.tracing is None:
-                data = encode_header(Kind.CALL, ident, len(body), flags) + body
+                data = encode_header(KIND_CALL, ident, len(body), flags) + body
             else:  # opens the call's span; the worker may get its trace context
                 data = core.tracing.call_frame(w, name, ident, flags, body, waited, attempt)
             try:
