@@ -1,7 +1,7 @@
 # Two entry points, both self-contained on a fresh machine (Python 3.11+, make, a C compiler):
 #   make demo   - create/reuse .venv, install snakeden (its runtime dependencies only), run the demo
 #   make test   - create/reuse .venv, install snakeden[test,bench,ray], run lint, types and the whole
-#                 test suite (the benchmark smoke tests need the bench extras, tests/ray/ the ray
+#                 test suite (the benchmark smoke tests need the bench extras, tests/on_ray/ the ray
 #                 extra: a local multi-node Ray cluster); where `node` is
 #                 installed, also `npm ci` and the Node runtime's tests in node/ (skipped without)
 PYTHON ?= python3

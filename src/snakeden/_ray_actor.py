@@ -17,8 +17,9 @@ snakeden call through this actor took 2.9-4.4 ms, through the same relay on an a
 3.7-6.1 ms). One thread of its own, the *owner*, forks the worker and pumps its pipes until it
 exits; since a parent-death signal is tied to the thread that forked, the worker dies when the
 actor dies, whatever kills it, and not before its exit otherwise. What the worker started in turn
-is taken care of by a run watcher of the actor's own (``_watcher.py``): it kills the worker's run
-when the actor dies without a clean stop.
+is taken care of by a run watcher of the actor's own (``_watcher.py``, detached from the actor so
+that Ray does not kill it along): it kills the worker's run when the actor dies without a clean
+stop.
 
 This module is imported on the nodes, inside Ray's worker processes; it imports Ray only for
 the node's identity, and nothing of the pool.
@@ -27,6 +28,7 @@ the node's identity, and nothing of the pool.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 import signal
@@ -37,7 +39,9 @@ from dataclasses import replace
 from typing import Any
 
 from snakeden._process import LaunchSpec, make_pipes, start_child, worker_env
-from snakeden._watcher import Watcher
+from snakeden._watcher import SCRIPT, Watcher
+
+log = logging.getLogger("snakeden")
 
 _READ_SIZE = 1 << 20
 #: In an argv sent to a node: the interpreter Ray runs there (the host's path may not exist).
@@ -72,6 +76,7 @@ class WorkerActor:
         self._started = threading.Event()
         self._start: dict[str, Any] | str = "not started"
         self._watcher: Watcher | None = None
+        self._watcher_pid: int | None = None
 
     def start(self, argv: list[str], spec: LaunchSpec, cwd: str | None) -> dict[str, Any] | str:
         """Start the worker; where it runs (pid, node id and address), or why it could not."""
@@ -100,7 +105,7 @@ class WorkerActor:
             self._start = f"{exc} (argv {argv!r}, cwd {cwd!r})"
             self._started.set()
             return
-        self._watcher = Watcher.start(spec.run_tag)
+        self._watcher, self._watcher_pid = detached_watcher(spec.run_tag)
         self._watcher.add(proc.pid)
         for fd in (host_r, out_r, err_r, host_w):
             os.set_blocking(fd, False)
@@ -113,7 +118,7 @@ class WorkerActor:
             "node": ray.get_runtime_context().get_node_id(),
             "ip": ray.util.get_node_ip_address(),  # type: ignore[no-untyped-call]
             "actor_pid": os.getpid(),
-            "watcher_pid": self._watcher.pid,
+            "watcher_pid": self._watcher_pid,
         }
         self._started.set()
         self._pump(proc)
@@ -284,3 +289,46 @@ class WorkerActor:
 
     def ping(self) -> int:
         return os.getpid()
+
+
+_DETACH = """import os, sys
+pid = os.fork()
+if pid:
+    print(pid, flush=True)
+    os._exit(0)
+os.setsid()
+null = os.open(os.devnull, os.O_RDWR)
+os.dup2(null, 1)  # the starter's stdout: its reader waits for the end of it
+os.dup2(null, 2)
+os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+"""
+
+
+def detached_watcher(run_tag: str) -> tuple[Watcher, int | None]:
+    """A run watcher (``_watcher.py``) for this actor, as its grandchild rather than its child.
+
+    Ray kills the direct children of a worker process that exits (its
+    ``kill_child_processes_on_worker_exit``), which would take a child watcher with the actor
+    before it could act, and leave what the worker started behind. Started through a process
+    that forks it and exits at once, the watcher belongs to init: it sees the actor die
+    (end-of-file on its stdin) and kills the run. Returns the watcher and its pid; a disabled
+    watcher (logged) if it cannot start.
+    """
+    read_fd, write_fd = os.pipe()  # both close-on-exec: the worker does not inherit them
+    argv = [sys.executable, "-I", "-S", "-c", _DETACH, "-I", "-S", "-c", SCRIPT, run_tag]
+    argv += [str(os.getpid()), str(os.getpgid(0)), str(os.getsid(0))]
+    env = {k: v for k, v in os.environ.items() if k != "SNAKEDEN_RUN_TAG"}
+    try:
+        starter = subprocess.Popen(
+            argv, stdin=read_fd, stdout=subprocess.PIPE, env=env, cwd="/", start_new_session=True
+        )
+        out, _ = starter.communicate(timeout=30)
+        pid = int(out)
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        os.close(write_fd)
+        log.warning("no run watcher for a Ray actor (%s): what its worker starts may last", exc)
+        return Watcher(run_tag), None
+    finally:
+        os.close(read_fd)
+    os.set_blocking(write_fd, False)  # a watcher that stops reading must not block the actor
+    return Watcher(run_tag, None, write_fd), pid

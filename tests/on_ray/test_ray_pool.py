@@ -19,7 +19,7 @@ import pytest
 import snakeden
 from snakeden._core import PoolCore
 from snakeden._ray_launcher import RayWorkerProcess
-from tests.conftest import run, survivors
+from tests.conftest import run, start_host_script, survivors
 from tests.rendezvous import Rendezvous
 from tests.test_crash_matrix import CALL_PHASE_EXPECTED, TIMEOUT, _check
 from tests.workers.faults import FAULTS
@@ -286,3 +286,20 @@ def test_a_worker_that_cannot_start_on_its_node_says_why(
     with pytest.raises(snakeden.WorkerStartError, match="failed to start") as info:
         snakeden.SyncPool(target, size=1, backend="ray", ray=RAY, **options)
     assert text in str(info.value)
+
+
+def test_a_host_killed_outright_leaves_nothing_on_the_nodes(ray_cluster: Any) -> None:
+    """SIGKILL to the host: Ray ends the dead driver's actors, each worker dies with its actor
+    (parent-death signal) and each actor's run watcher kills what the worker started."""
+    host, info = start_host_script("tests.workers.ray_host", ray_cluster.address)
+    try:
+        everything = [
+            p for key in ("workers", "actors", "watchers", "grandchildren") for p in info[key]
+        ]
+        assert sorted(survivors(everything, timeout=0)) == sorted(everything)  # all alive
+        host.kill()
+        host.wait(60)
+        assert not survivors(everything, timeout=60), info
+    finally:
+        host.kill()
+        host.wait(60)
