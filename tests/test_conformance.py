@@ -35,6 +35,9 @@ def test_python_runtime_passes_the_kit() -> None:
         "error.pickle_refused",
         "error.by_reference_refused",
     }
+    # It lists "session": the session vectors ran (a worker without the feature skips them).
+    ran = {r.name for r in results if r.ok and not r.skipped}
+    assert {"session.unknown_session", "session.closed_session", "session.short_body"} <= ran
 
 
 @node_ready

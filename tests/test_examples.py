@@ -14,6 +14,13 @@ EXAMPLES = {
     "executor_dropin.py": ["999,999,999,989 is prime: True", "1/0 failed:", "ZeroDivisionError"],
     "asyncio_service.py": ["'I love this' -> positive +2.0", "4 predictions on 2 workers"],
     "crash_and_timeout.py": ["(SIGSEGV)", "CallTimeout", "6 of 6 succeeded", "still serves"],
+    "sessions.py": [
+        "ada remembers ['likes tea', 'writes programs']",
+        "bob remembers ['likes coffee']",
+        "open sessions after closing: 0",
+        "SessionLost:",
+        "a new session starts empty: []",
+    ],
 }
 
 

@@ -175,3 +175,11 @@ def test_command_option_is_checked() -> None:
         snakeden.SyncPool(command="node worker.js")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="fork"):
         snakeden.SyncPool(command=NODE_COMMAND, start_method="fork")
+
+
+def test_a_session_is_refused_clearly_not_hung() -> None:
+    # The Node runtime does not list the "session" feature: opening a session says so at once.
+    with snakeden.SyncPool(command=NODE_COMMAND, size=1) as pool:
+        with pytest.raises(snakeden.SessionsUnsupported, match="'session' feature"):
+            pool.session().open()
+        assert pool.call("add", 2, 3) == 5  # the pool is unaffected

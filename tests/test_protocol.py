@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from snakeden._protocol import (
     DEFAULT_MAX_FRAME_SIZE,
     ERROR_KINDS,
+    FEATURE_SESSION,
     HEADER_SIZE,
     MAX_REQUEST_ID,
     PROTOCOL_VERSION,
@@ -42,6 +43,7 @@ from snakeden._protocol import (
     encode_header,
     error_body,
     hello_body,
+    session_call,
 )
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -195,6 +197,8 @@ def test_wire_values_are_stable() -> None:
         "PONG": 6,
         "CANCEL": 7,
         "SHUTDOWN": 8,
+        "SESSION_OPEN": 14,
+        "SESSION_CLOSE": 15,
     }
     assert {name: int(f) for name, f in Flag.__members__.items()} == {
         "NONE": 0,
@@ -202,6 +206,7 @@ def test_wire_values_are_stable() -> None:
         "BY_REFERENCE": 2,
         "BATCH": 4,
         "CONTEXT": 8,
+        "SESSION": 0x20,
     }
     assert PROTOCOL_VERSION == 1
     assert DEFAULT_MAX_FRAME_SIZE == 256 * 1024 * 1024
@@ -224,6 +229,25 @@ def test_documented_example_bytes() -> None:
     assert encode_frame(Kind.PONG, 7, encode_body({"pid": 4242, "calls": 0})) == h(
         "00 00 00 15  06  00  00 00 00 07  82 a3 70 69 64 cd 10 92 a5 63 61 6c 6c 73 00"
     )
+
+
+def test_documented_session_example_bytes() -> None:
+    # docs/protocol.md section 6.6, made by the host's own code. Change both together.
+    def h(text: str) -> bytes:
+        return bytes.fromhex(text)
+
+    assert encode_frame(Kind.SESSION_OPEN, 1) == h("00 00 00 06  0e  00  00 00 00 01")
+    call = encode_frame(Kind.CALL, 2, encode_body(["get", ["a"], {}]))
+    assert session_call(call, 1) == h(
+        "00 00 00 13  02  20  00 00 00 02  00 00 00 01  93 a3 67 65 74 91 a1 61 80"
+    )
+    assert encode_frame(Kind.SESSION_CLOSE, 1) == h("00 00 00 06  0f  00  00 00 00 01")
+    # The flag composes with the others; the session id is big-endian, the whole u32 range.
+    traced = encode_frame(Kind.CALL, 9, b"\x94body", Flag.PICKLE | Flag.CONTEXT)
+    (frame,) = FrameDecoder().feed(session_call(traced, 0xFFFF_FFFE))
+    assert frame.flags == Flag.PICKLE | Flag.CONTEXT | Flag.SESSION and frame.id == 9
+    assert frame.body == b"\xff\xff\xff\xfe\x94body"
+    assert FEATURE_SESSION == "session"
 
 
 # --- decoding: whole, byte by byte, chunked, trailing -----------------------------------------
@@ -770,6 +794,7 @@ def test_error_kinds_match_the_spec() -> None:
         "encode",
         "startup",
         "cancelled",
+        "session",
     } == ERROR_KINDS
 
 

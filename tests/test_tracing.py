@@ -311,7 +311,7 @@ def test_the_worker_reads_the_context_and_tolerates_a_bad_one() -> None:
         "tests.workers.traced_old:Traced", max_frame_size=1 << 20, env={SPANS_ENV: "/dev/null"}
     )
     try:
-        assert "features" not in w.hello  # patched away: an "old" worker
+        assert "trace" not in w.hello["features"]  # patched away: an "old" worker
         parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
         def call(ident: int, body: list[Any], flags: int = Flag.CONTEXT) -> Any:
@@ -345,6 +345,6 @@ def test_the_worker_reads_the_context_and_tolerates_a_bad_one() -> None:
 def test_the_python_worker_advertises_the_feature() -> None:
     w = Worker("snakeden.examples", max_frame_size=1 << 20)
     try:
-        assert w.hello["features"] == ["trace"]
+        assert w.hello["features"] == ["trace", "session"]
     finally:
         w.close()

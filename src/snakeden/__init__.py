@@ -21,6 +21,13 @@ from snakeden._errors import (
     RemoteError,
     RemoteTraceback,
     SerializationError,
+    SessionBusy,
+    SessionClosed,
+    SessionError,
+    SessionExpired,
+    SessionLimit,
+    SessionLost,
+    SessionsUnsupported,
     SnakedenError,
     UnknownCommand,
     WorkerCrashed,
@@ -28,14 +35,17 @@ from snakeden._errors import (
     WorkerStartError,
 )
 from snakeden._events import EventKind, WorkerEvent
-from snakeden._pool import Pool
+from snakeden._pool import AsyncSession, Pool
+from snakeden._sessions import Affinity
 from snakeden._stats import Percentiles, PoolStats
-from snakeden._syncpool import SyncPool
+from snakeden._syncpool import Session, SyncPool
 from snakeden._worker_context import CallCancelled, CallContext, context
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Affinity",
+    "AsyncSession",
     "BadCall",
     "CallCancelled",
     "CallContext",
@@ -58,6 +68,14 @@ __all__ = [
     "RemoteError",
     "RemoteTraceback",
     "SerializationError",
+    "Session",
+    "SessionBusy",
+    "SessionClosed",
+    "SessionError",
+    "SessionExpired",
+    "SessionLimit",
+    "SessionLost",
+    "SessionsUnsupported",
     "SnakedenError",
     "SyncPool",
     "UnknownCommand",

@@ -17,6 +17,7 @@ from snakeden._errors import (
     ProtocolError,
     RemoteTraceback,
     SerializationError,
+    SessionLost,
     SnakedenError,
     UnknownCommand,
     remote_error,
@@ -115,6 +116,10 @@ def error_from_body(body: Any, name: str) -> Exception:
         return BadCall(f"bad call to {name!r}: {message}")
     if kind in ("encode", "decode"):
         return SerializationError(message)
+    if kind == "session":
+        return SessionLost(
+            f"the worker does not hold the session of this call to {name!r}: {message}"
+        )
     tb = str(body.get("traceback", ""))
     pickled = body.get("pickled")
     # Only a PickledException, which a MessagePack body cannot hold: a pool that chose MessagePack

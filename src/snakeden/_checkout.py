@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -24,6 +24,7 @@ from typing import Final
 from snakeden._config import PoolConfig
 from snakeden._errors import PoolClosed, PoolSaturated
 from snakeden._handle import BUSY, DEAD, IDLE, STARTING, STOPPING, Cause, WorkerHandle
+from snakeden._sessions import SessionCheckout
 from snakeden._stats import Counters, Outcome, Percentiles, PoolStats
 
 
@@ -98,12 +99,14 @@ class Actions:
     retire: WorkerHandle | None = None  # out of service (recycled): stop it gracefully
     close_fds: WorkerHandle | None = None  # dead and no longer leased: close its fds
     check_memory: WorkerHandle | None = None  # due for a max_memory check
+    flush: WorkerHandle | None = None  # leased to the supervisor: write its outbox, release it
     ensure_capacity: bool = False  # a replacement may be due
     drained: bool = False  # closing, and nothing is leased or queued any more
 
 
-class Checkout:
-    """The pool's state: workers, the idle set, waiters, leases, counters, phase."""
+class Checkout(SessionCheckout[Waiter]):
+    """The pool's state: workers, the idle set, waiters, leases, counters, phase; and sessions
+    (:class:`~snakeden._sessions.SessionCheckout`)."""
 
     def __init__(self, config: PoolConfig, *, depth: int = 1) -> None:
         self.config = config
@@ -122,6 +125,7 @@ class Checkout:
         self.failures_in_a_row = 0
         self.counters = Counters()
         self.reject: BaseException | None = None  # why calls are refused (closed, broken)
+        self._init_sessions()
 
     def __repr__(self) -> str:
         return (
@@ -192,7 +196,8 @@ class Checkout:
                 try:
                     self.waiters.remove(waiter)
                 except ValueError:
-                    pass
+                    if self.pinned:
+                        self._drop_pinned(waiter)
                 if cancelled:
                     self.counters.calls_cancelled += 1
                 else:
@@ -214,6 +219,8 @@ class Checkout:
                 w.inflight == 1
                 and w.state is BUSY
                 and not self.waiters
+                and not self.pinned
+                and not w.outbox
                 and w.max_calls is None
                 and not w.retiring
                 and not self.memory_limited
@@ -240,21 +247,33 @@ class Checkout:
                 if w.close_on_release:
                     w.close_on_release = False
                     act = Actions(close_fds=w)
-        elif (w.max_calls is not None or w.retiring) and self._wants_retirement(w):
+        elif (
+            (w.max_calls is not None or w.retiring)
+            and self._wants_retirement(w)
+            and not (w.sessions and self._held(w))
+        ):
             if w.inflight == 0:
                 w.move(STOPPING, Cause.RETIRED)
                 self.counters.recycled += 1
+                self._orphan_pinned(w)
                 act = Actions(retire=w, ensure_capacity=True)
+        elif w.outbox:
+            w.inflight += 1  # leased on to the supervisor, to send what waits for this worker
+            self.leased += 1
+            act = Actions(flush=w)
         else:
-            while self.waiters:
+            # Callers of a session pinned to this worker first: they can go nowhere else.
+            waiter = self._next_pinned(w) if self.pinned else None
+            while waiter is None and self.waiters:
                 waiter = self.waiters.popleft()
-                if waiter.alive():
-                    waiter.worker = w
-                    w.inflight += 1  # the lease passes straight to the waiter
-                    w.leased_at = self.clock()
-                    self.leased += 1
-                    act = Actions(wake=waiter)
-                    break
+                if not waiter.alive():
+                    waiter = None
+            if waiter is not None:
+                waiter.worker = w
+                w.inflight += 1  # the lease passes straight to the waiter
+                w.leased_at = self.clock()
+                self.leased += 1
+                act = Actions(wake=waiter)
             if act is None and w.inflight == 0:
                 w.move(IDLE)
                 self.idle.append(w)
@@ -289,7 +308,12 @@ class Checkout:
         return False
 
     def _drained(self) -> bool:
-        return self.phase is Phase.CLOSING and self.leased == 0 and not self.waiters
+        return (
+            self.phase is Phase.CLOSING
+            and self.leased == 0
+            and not self.waiters
+            and not self.pinned
+        )
 
     def fail(self, w: WorkerHandle, cause: Cause) -> bool:
         """Take ``w`` out of service for ``cause`` (the caller then kills it). An idle worker
@@ -300,6 +324,7 @@ class Checkout:
             if w.state is IDLE:
                 self.idle.remove(w)
             w.move(STOPPING, cause)
+            self._orphan_pinned(w)
             return True
 
     # --- supervisor ------------------------------------------------------------------------------
@@ -357,6 +382,7 @@ class Checkout:
                 self.idle.remove(w)
             if prior is not DEAD:
                 w.move(DEAD, Cause.EXITED)
+            self._orphan_pinned(w)
             close_now = w.inflight == 0
             # A caller holding the lease may be blocked in read() on the channel: closing the fd
             # under it would let the number be reused by the next worker's pipe.
@@ -383,6 +409,8 @@ class Checkout:
         with self.lock:
             if w.state is not IDLE:
                 return False
+            if w.sessions and (stop is Cause.SHRUNK or (stop is Cause.RETIRED and self._held(w))):
+                return False  # holds open sessions: not shrunk; recycled once they close
             self.idle.remove(w)
             if stop is None:
                 w.move(BUSY)
@@ -403,7 +431,7 @@ class Checkout:
             act = Actions(ensure_capacity=True)
             if now:
                 w.must_retire = True
-                if w.state is IDLE:
+                if w.state is IDLE and not (w.sessions and self._held(w)):
                     self.idle.remove(w)
                     w.move(STOPPING, Cause.RETIRED)
                     self.counters.recycled += 1
@@ -478,7 +506,15 @@ class Checkout:
                 if cfg.max_age is not None and now - w.born > cfg.max_age and not w.retiring:
                     out.append((w, "age"))
                 elif (
+                    w.held_since is not None
+                    and (w.retiring or w.must_retire)
+                    and self._wants_retirement(w)
+                    and not self._held(w)
+                ):
+                    out.append((w, "retire"))  # held for its sessions, and no longer
+                elif (
                     cfg.idle_timeout is not None
+                    and not w.sessions
                     and live > self.size
                     and now - w.last_used > cfg.idle_timeout
                 ):
@@ -503,16 +539,16 @@ class Checkout:
             self.phase = Phase.CLOSING
             if not broken:
                 self.reject = PoolClosed("the pool is closed")
-            failed = list(self.waiters) if cancel_pending else []
+            failed = [*self.waiters, *self._take_all_pinned()] if cancel_pending else []
             if cancel_pending:
                 self.waiters.clear()
-            return failed, self.leased > 0 or bool(self.waiters)
+            return failed, self.leased > 0 or bool(self.waiters) or bool(self.pinned)
 
     def stop(self) -> list[Waiter]:
         """No more replacements, even for waiters; returns the waiters left to fail."""
         with self.lock:
             self.phase = Phase.STOPPING
-            left, self.waiters = list(self.waiters), deque()
+            left, self.waiters = [*self.waiters, *self._take_all_pinned()], deque()
             return left
 
     def break_(self, err: BaseException) -> list[Waiter]:
@@ -522,7 +558,7 @@ class Checkout:
                 self.reject = err
             if self.phase is not Phase.CLOSING:
                 self.phase = Phase.BROKEN
-            waiters, self.waiters = list(self.waiters), deque()
+            waiters, self.waiters = [*self.waiters, *self._take_all_pinned()], deque()
             return waiters
 
     def ready_count(self) -> int:
@@ -541,7 +577,7 @@ class Checkout:
                 ready=len(self.idle),
                 busy=sum(1 for w in ws if w.inflight > 0),
                 in_flight=self.leased,
-                queued=len(self.waiters),
+                queued=len(self.waiters) + sum(len(q) for q in self.pinned.values()),
                 calls_ok=c.calls_ok,
                 calls_failed=c.calls_failed,
                 calls_timed_out=c.calls_timed_out,
@@ -554,7 +590,11 @@ class Checkout:
                 start_failures=c.start_failures,
                 checkout_wait=Percentiles.of(list(c.checkout_wait)),
                 call_latency=Percentiles.of(list(c.call_latency)),
-                nodes=_per_node(ws),
+                sessions=len(self.sessions),
+                sessions_by_worker=self.session_counts(),
+                nodes=dict(
+                    Counter(w.proc.node for w in ws if w.proc and w.proc.node and w.state in _LIVE)
+                ),
             )
 
     def check_invariants(self) -> None:
@@ -574,18 +614,10 @@ class Checkout:
                     assert w.cause is not None, f"out of service without a cause: {w!r}"
                 assert w.inflight <= max(1, self.depth), f"over depth: {w!r}"
             assert self.scheduled >= 0, f"scheduled={self.scheduled}"
+            self._check_session_invariants()
             if self.phase is Phase.CLOSED:
                 assert not self.waiters and self.leased == 0, f"closed with work: {self!r}"
                 assert all(w.state is DEAD for w in ws), f"closed, alive: {ws}"
 
 
 _LIVE = (STARTING, IDLE, BUSY)
-
-
-def _per_node(ws: list[WorkerHandle]) -> dict[str, int]:
-    nodes: dict[str, int] = {}
-    for w in ws:
-        node = w.proc.node if w.proc is not None else None
-        if node is not None and w.state in _LIVE:
-            nodes[node] = nodes.get(node, 0) + 1
-    return nodes

@@ -126,6 +126,18 @@ class PoolOptions(TypedDict, total=False):
     * ``shutdown_timeout`` (default 5 s): on close, how long a worker may take to exit after
       SHUTDOWN before SIGTERM (then SIGKILL).
 
+    Sessions (``pool.session()``: calls that share state kept in one worker):
+
+    * ``max_sessions`` (default 1000): sessions open at once; opening one more raises
+      ``SessionLimit``.
+    * ``session_ttl`` (default 600 s; ``None``: never): a session idle this long expires: its
+      state is dropped in the worker, and its next call raises ``SessionExpired``;
+      ``pool.session(ttl=)`` overrides it per session.
+    * ``session_hold`` (default 60 s; ``None``: for ever): how long recycling (``max_calls``,
+      ``max_age``, ``max_memory``) waits for a worker's open sessions to close before it
+      recycles the worker anyway (those sessions' next calls raise ``SessionLost``). Shrinking
+      (``idle_timeout``) never stops a worker that holds open sessions.
+
     Where the workers run:
 
     * ``backend`` (default ``"local"``): ``"ray"`` runs each worker under a Ray actor on a Ray
@@ -170,6 +182,9 @@ class PoolOptions(TypedDict, total=False):
     restart_backoff: float
     restart_backoff_max: float
     max_start_failures: int
+    max_sessions: int
+    session_ttl: float | None
+    session_hold: float | None
     backend: Backend
     ray: RayOptions | Mapping[str, Any] | None
     on_event: Callable[[WorkerEvent], None] | None
@@ -214,6 +229,9 @@ class PoolConfig:
     restart_backoff: float = 0.05
     restart_backoff_max: float = 5.0
     max_start_failures: int = 5
+    max_sessions: int = 1000
+    session_ttl: float | None = 600.0
+    session_hold: float | None = 60.0
     backend: Backend = "local"
     ray: RayOptions | None = None
     on_event: Callable[[WorkerEvent], None] | None = None
@@ -250,6 +268,12 @@ class PoolConfig:
                 raise ValueError("command workers are spawned: start_method='fork' cannot apply")
             if self.python is not None or self.preload:
                 raise ValueError("python and preload are for Python workers; command replaces them")
+        if self.max_sessions < 0:
+            raise ValueError("max_sessions must be >= 0")
+        if self.session_ttl is not None and self.session_ttl <= 0:
+            raise ValueError("session_ttl must be > 0 seconds, or None for no expiry")
+        if self.session_hold is not None and self.session_hold < 0:
+            raise ValueError("session_hold must be >= 0 seconds, or None to wait for ever")
         if self.min_ready is not None and not 1 <= self.min_ready <= self.min_size:
             raise ValueError(f"min_ready must be between 1 and size ({self.min_size})")
         _check_choice("backend", self.backend, get_args(Backend))

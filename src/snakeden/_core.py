@@ -39,8 +39,10 @@ from snakeden._checkout import AsyncWaiter, Checkout, Phase, ThreadWaiter
 from snakeden._config import PoolConfig
 from snakeden._errors import (
     CallTimeout,
+    PayloadTooLarge,
     ProtocolError,
     QueueTimeout,
+    SessionLost,
     WorkerCrashed,
     WorkerLost,
     WorkerStartError,
@@ -50,8 +52,16 @@ from snakeden._events import EventHub
 from snakeden._handle import Cause, WorkerHandle
 from snakeden._output import tail_text
 from snakeden._process import CommandLauncher, Launcher, SpawnLauncher
-from snakeden._protocol import Frame, ProtocolViolation
+from snakeden._protocol import (
+    SESSION_ID,
+    Frame,
+    Kind,
+    ProtocolViolation,
+    encode_frame,
+    session_call,
+)
 from snakeden._reaper import RunRecord, reap_leftovers
+from snakeden._sessions import SessionRecord
 from snakeden._stats import Outcome, PoolStats
 from snakeden._supervisor import Supervisor
 
@@ -101,6 +111,8 @@ class PoolCore:
             blocking=blocking,
         )
         self._closing: asyncio.Task[None] | None = None
+        self.blocking = blocking
+        self.sup.on_sessions_expired = self._sessions_expired
         # Set by snakeden.tracing.instrument(); the fronts test it once per call, where they
         # build the CALL frame, and do nothing else for tracing while it is None.
         self.tracing: CallTracer | None = None
@@ -113,8 +125,13 @@ class PoolCore:
     def _async_waiter(self) -> AsyncWaiter:
         return AsyncWaiter(self.loop.create_future())
 
-    async def checkout_async(self, queue_timeout: float | None) -> tuple[WorkerHandle, float]:
-        got, grow = self.checkout.acquire(self._async_waiter)
+    async def checkout_async(
+        self, queue_timeout: float | None, session: SessionRecord | None = None
+    ) -> tuple[WorkerHandle, float]:
+        if session is None:
+            got, grow = self.checkout.acquire(self._async_waiter)
+        else:
+            got, grow = self.checkout.acquire_session(session, self._async_waiter)
         if isinstance(got, WorkerHandle):
             return got, 0.0
         if grow:
@@ -139,8 +156,13 @@ class PoolCore:
                 timer.cancel()
         return w, time.perf_counter() - t0
 
-    def checkout_blocking(self, queue_timeout: float | None) -> tuple[WorkerHandle, float]:
-        got, grow = self.checkout.acquire(ThreadWaiter)
+    def checkout_blocking(
+        self, queue_timeout: float | None, session: SessionRecord | None = None
+    ) -> tuple[WorkerHandle, float]:
+        if session is None:
+            got, grow = self.checkout.acquire(ThreadWaiter)
+        else:
+            got, grow = self.checkout.acquire_session(session, ThreadWaiter)
         if isinstance(got, WorkerHandle):
             return got, 0.0
         if grow:
@@ -226,11 +248,19 @@ class PoolCore:
         return result
 
     def call_lost(
-        self, w: WorkerHandle, lost: ChannelLost, waited: float, t1: float, attempt: int
+        self,
+        w: WorkerHandle,
+        lost: ChannelLost,
+        waited: float,
+        t1: float,
+        attempt: int,
+        *,
+        may_retry: bool = True,
     ) -> bool:
         """The channel ended during a call: the worker is finished either way. True when the
-        call provably never reached it and should go to another worker (the caller retries)."""
-        retry = lost.unsent and attempt + 1 < MAX_DISPATCHES
+        call provably never reached it and should go to another worker (the caller retries;
+        ``may_retry`` False: a strict session's call, which no other worker can run)."""
+        retry = may_retry and lost.unsent and attempt + 1 < MAX_DISPATCHES
         self.worker_failed(w, Cause.PROTOCOL if _is_violation(lost) else Cause.CRASHED)
         if retry:
             with self.checkout.lock:
@@ -292,6 +322,50 @@ class PoolCore:
         return cls(
             head + tail_text(tail), exitcode=code, stderr_tail=tail, worker_id=w.id, pid=w.pid
         )
+
+    # --- sessions --------------------------------------------------------------------------------
+
+    def session_frame(self, rec: SessionRecord, w: WorkerHandle, call: bytes) -> bytes:
+        """The CALL frame ``call`` as a call of session ``rec`` on ``w``: the SESSION flag and
+        the session id before the body, preceded by SESSION_OPEN on the session's first call
+        there. Raises (the caller releases ``w``) if the session cannot run there."""
+        need_open = self.checkout.session_on(rec, w)
+        size = len(call) + SESSION_ID.size
+        if size > self.config.max_frame_size:
+            raise PayloadTooLarge(
+                f"the call is {size} bytes with its session id, over the maximum frame size of "
+                f"{self.config.max_frame_size} bytes; send less per call. Nothing was sent"
+            )
+        data = session_call(call, rec.id)
+        return encode_frame(Kind.SESSION_OPEN, rec.id) + data if need_open else data
+
+    def session_lost(self, rec: SessionRecord, w: WorkerHandle) -> SessionLost:
+        """A strict session's call never reached its worker, which is gone: no other worker has
+        the session's state, so the call is not sent elsewhere."""
+        return SessionLost(
+            f"worker {w.id} (pid {w.pid}), which held session {rec.id}, died before the call "
+            f"reached it; the call did not run. Open a new session"
+        )
+
+    def close_session(self, rec: SessionRecord) -> None:
+        """Drop the session here and in each worker that holds its state (SESSION_CLOSE). From
+        the loop (asyncio front) or any thread (thread front)."""
+        for w in self.checkout.close_session(rec):
+            data = encode_frame(Kind.SESSION_CLOSE, rec.id)
+            if not self.blocking:
+                if w.channel is not None:
+                    w.channel.notify(data)  # the loop orders it with every other write
+            elif self.checkout.post_close(w, data):  # idle: leased to us to send it
+                try:
+                    if w.channel is not None:
+                        w.channel.notify(self.checkout.take_outbox(w))
+                finally:
+                    self.release(w, None)
+            # else: the worker's current lease ends with a lease that sends it (Actions.flush)
+
+    def _sessions_expired(self, recs: list[SessionRecord]) -> None:
+        for rec in recs:
+            self.close_session(rec)
 
     async def wait_gone(self, w: WorkerHandle, timeout: float = 5.0) -> None:
         await self.sup.wait_gone(w, timeout)

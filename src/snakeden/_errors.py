@@ -327,6 +327,45 @@ class WorkerStartError(PoolError):
         self.failures = dict(failures or {})
 
 
+# --- sessions ------------------------------------------------------------------------------------
+
+
+class SessionError(PoolError):
+    """A call of a session could not be run; see the subclass for whose fault. Nothing was sent."""
+
+
+class SessionLost(SessionError):
+    """**The worker that held the session's state is gone**: it crashed, was killed (a call's
+    timeout, a failed health check) or was recycled past ``session_hold``, so the state went with
+    it. Nobody's fault in particular; the session cannot be used again: open a new one and
+    rebuild its state. (A session with ``affinity="hint"`` is moved to another worker instead.)
+    """
+
+
+class SessionExpired(SessionLost):
+    """**The session was idle longer than its TTL**, and its state was dropped. The caller's: use
+    it more often, or give it a longer ``ttl`` (``session_ttl``)."""
+
+
+class SessionBusy(SessionError):
+    """**The session's worker was busy** and the session's ``affinity`` is ``"fail"``. Not an
+    error of anyone's: retry later, or use ``affinity="wait"`` to queue for that worker."""
+
+
+class SessionLimit(SessionError, PoolSaturated):
+    """**Too many sessions are open** (``max_sessions``). The caller's: close sessions when done
+    (``with``/``async with``), or raise ``max_sessions``."""
+
+
+class SessionClosed(SessionError, RuntimeError):
+    """**The session is closed**: a call came after its ``close()``. The caller's fault."""
+
+
+class SessionsUnsupported(SessionError):
+    """**The pool's workers do not keep sessions**: their HELLO lacks the ``"session"`` feature
+    (e.g. the Node.js runtime). The worker program's limit: use a Python worker for sessions."""
+
+
 def signal_name(exitcode: int | None) -> str | None:
     """``-11`` -> ``"SIGSEGV"``; ``None`` for normal exits and unknown codes."""
     if exitcode is None or exitcode >= 0:

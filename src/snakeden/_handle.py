@@ -127,6 +127,14 @@ class WorkerHandle:
         # Its HELLO lists the "trace" feature: an instrumented pool sends it the caller's trace
         # context (the CONTEXT flag). Never set for a worker that did not ask.
         self.takes_context = False
+        self.features: tuple[str, ...] = ()  # its HELLO's, e.g. "session"
+        # Sessions homed here (see _sessions); while any is open, recycling waits up to
+        # session_hold from ``held_since``, and shrinking passes this worker by.
+        self.sessions = 0
+        self.held_since: float | None = None
+        # Blocking mode: SESSION_CLOSE frames for a busy worker, written by a lease of their own
+        # once its current lease ends (only the lease holder writes to a blocking channel).
+        self.outbox: list[bytes] = []
         self.close_on_release = False  # exited while leased: the last lease holder closes fds
         self.gone = threading.Event()  # exit status known and output drained
         self.gone_waiters: list[asyncio.Future[None]] = []

@@ -18,9 +18,10 @@ from snakeden._calls import Command
 from snakeden._channel import ChannelLost
 from snakeden._config import PoolOptions, make_config
 from snakeden._core import PoolCore
-from snakeden._errors import PoolClosed
+from snakeden._errors import PoolClosed, SessionExpired
 from snakeden._handle import Cause, WorkerHandle
 from snakeden._protocol import KIND_CALL, Kind, encode_frame, encode_header
+from snakeden._sessions import Affinity, SessionRecord, check_affinity, session_ttl
 from snakeden._stats import PoolStats
 
 _UNSET: Any = object()
@@ -134,6 +135,7 @@ class Pool:
         *,
         timeout: float | None = _UNSET,
         batch: bool = False,
+        session: SessionRecord | None = None,
     ) -> Any:
         if type(cmd) is not str:
             cmd, args = _commands.sendable(
@@ -145,17 +147,23 @@ class Pool:
         timeout = cfg.call_timeout if timeout is _UNSET else timeout
         attempt = 0
         while True:
-            w, waited = await core.checkout_async(cfg.queue_timeout)
+            w, waited = await core.checkout_async(cfg.queue_timeout, session)
             t1 = time.perf_counter()
             w.current_command = name  # for the live view (snakeden top)
             channel = w.channel
             assert channel is not None
             ident = channel.next_id()
-            fut = channel.expect(ident)
             if core.tracing is None:
                 data = encode_header(KIND_CALL, ident, len(body), flags) + body
             else:  # opens the call's span; the worker may get its trace context
                 data = core.tracing.call_frame(w, name, ident, flags, body, waited, attempt)
+            if session is not None:
+                try:
+                    data = core.session_frame(session, w, data)
+                except BaseException:
+                    core.release(w, None)
+                    raise
+            fut = channel.expect(ident)
             channel.send(data, ident)
             timer = None
             if timeout is not None:
@@ -177,9 +185,13 @@ class Pool:
             except ChannelLost as lost:
                 if timer is not None:
                     timer.cancel()
-                if core.call_lost(w, lost, waited, t1, attempt):
+                strict = session is not None and session.strict
+                if core.call_lost(w, lost, waited, t1, attempt, may_retry=not strict):
                     attempt += 1
                     continue  # it never reached the worker: another one runs it
+                if strict and lost.unsent:
+                    assert session is not None
+                    raise core.session_lost(session, w) from None
                 await core.wait_gone(w)  # for the exit status and the last stderr lines
                 raise core.crash_error(w, lost, name) from None
             if timer is not None:
@@ -231,6 +243,18 @@ class Pool:
         run to completion. ``progress=True`` draws a progress bar on stderr when it is a
         terminal; a callable gets ``(done, total)`` as items finish.
         """
+        return await self._map(cmd, iterable, chunksize, timeout, star, progress, None)
+
+    async def _map(  # noqa: PLR0917 - map's arguments, passed on as they are
+        self,
+        cmd: Command,
+        iterable: Iterable[Any],
+        chunksize: int,
+        timeout: float | None,
+        star: bool,
+        progress: _progress.Progress,
+        session: SessionRecord | None,
+    ) -> list[Any]:
         if chunksize < 1:
             raise ValueError(f"chunksize must be >= 1, not {chunksize!r}")
         # Refused once, here, rather than by every one of the calls.
@@ -238,7 +262,7 @@ class Pool:
         items = [tuple(x) if star else (x,) for x in iterable]
         bar = _progress.start(progress, len(items)) if progress else None
         if chunksize == 1:
-            coros = [self.call_with(cmd, a, None, timeout=timeout) for a in items]
+            coros = [self.call_with(cmd, a, None, timeout=timeout, session=session) for a in items]
             if bar is not None:
                 coros = bar.track(coros, [1] * len(coros))
             try:
@@ -247,7 +271,10 @@ class Pool:
                 if bar is not None:
                     bar.close()
         chunks = [items[i : i + chunksize] for i in range(0, len(items), chunksize)]
-        coros = [self.call_with(cmd, c, None, timeout=timeout, batch=True) for c in chunks]
+        coros = [
+            self.call_with(cmd, c, None, timeout=timeout, batch=True, session=session)
+            for c in chunks
+        ]
         if bar is not None:
             coros = bar.track(coros, [len(c) for c in chunks])
         try:
@@ -256,6 +283,19 @@ class Pool:
             if bar is not None:
                 bar.close()
         return [r for part in parts for r in part]
+
+    def session(self, *, affinity: Affinity = "wait", ttl: float | None = _UNSET) -> AsyncSession:
+        """A session: calls that share state kept in one worker (``snakeden.context().session``
+        there). Use it as ``async with pool.session() as s: await s.call(...)``.
+
+        ``affinity`` says what a call does when that worker is busy: ``"wait"`` for it,
+        ``"fail"`` at once with :class:`SessionBusy`, or ``"hint"``: run on another worker (the
+        state is then a per-worker cache). ``ttl`` (default: the pool's ``session_ttl``): idle
+        seconds after which the session expires and its state is dropped.
+        """
+        core = self._running()
+        ttl = self.config.session_ttl if ttl is _UNSET else ttl
+        return AsyncSession(self, core, check_affinity(affinity), session_ttl(ttl))
 
     # --- introspection ------------------------------------------------------------------------
 
@@ -273,6 +313,103 @@ class Pool:
 
     def __repr__(self) -> str:
         return describe(self, self._core)
+
+
+class AsyncSession:
+    """A session of a :class:`Pool` (see :meth:`Pool.session`): ``async with`` it, or
+    ``await close()`` it. Its calls run where its state is, by its affinity."""
+
+    def __init__(self, pool: Pool, core: PoolCore, affinity: Affinity, ttl: float | None) -> None:
+        self._pool = pool
+        self._core = core
+        self.affinity = affinity
+        self.ttl = ttl
+        self._rec: SessionRecord | None = None
+
+    async def open(self) -> AsyncSession:
+        """Open the session (``async with`` does this): registers it and picks its worker.
+        Raises :class:`SessionLimit` past ``max_sessions`` and :class:`SessionsUnsupported`
+        when the workers do not keep sessions."""
+        if self._rec is not None:
+            raise RuntimeError("the session is already open")
+        self._rec = self._core.checkout.open_session(self.affinity, self.ttl)
+        return self
+
+    async def __aenter__(self) -> AsyncSession:
+        return await self.open()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Drop the session's state in its worker. Calls after this raise SessionClosed."""
+        if self._rec is not None:
+            self._core.close_session(self._rec)
+
+    @property
+    def id(self) -> int:
+        """The session's id: ``snakeden.context().session.id`` in the worker."""
+        return self._open_record().id
+
+    @property
+    def worker_id(self) -> str | None:
+        """The id of the worker holding the session's state (None: none at the moment)."""
+        home = self._open_record().home
+        return home.id if home is not None else None
+
+    def _open_record(self) -> SessionRecord:
+        if self._rec is None:
+            raise RuntimeError("the session is not open: use 'async with pool.session() as s'")
+        return self._rec
+
+    async def call(
+        self, cmd: Command, /, *args: Any, timeout: float | None = _UNSET, **kwargs: Any
+    ) -> Any:
+        """Like :meth:`Pool.call`, on the worker holding this session's state."""
+        return await self.call_with(cmd, args, kwargs, timeout=timeout)
+
+    async def call_with(
+        self,
+        cmd: Command,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = _UNSET,
+    ) -> Any:
+        rec = self._begin()
+        try:
+            return await self._pool.call_with(cmd, args, kwargs, timeout=timeout, session=rec)
+        finally:
+            self._core.checkout.session_done(rec)
+
+    async def map(
+        self,
+        cmd: Command,
+        iterable: Iterable[Any],
+        *,
+        chunksize: int = 1,
+        timeout: float | None = _UNSET,
+        star: bool = False,
+        progress: _progress.Progress = False,
+    ) -> list[Any]:
+        """Like :meth:`Pool.map`, every item on this session's worker (``"hint"``: anywhere)."""
+        rec = self._begin()
+        try:
+            return await self._pool._map(cmd, iterable, chunksize, timeout, star, progress, rec)
+        finally:
+            self._core.checkout.session_done(rec)
+
+    def _begin(self) -> SessionRecord:
+        rec = self._open_record()
+        try:
+            self._core.checkout.session_begin(rec)
+        except SessionExpired:
+            self._core.close_session(rec)  # drop its state in the worker now
+            raise
+        return rec
+
+    def __repr__(self) -> str:
+        return f"<AsyncSession {self._rec!r}>" if self._rec else "<AsyncSession not open>"
 
 
 def refuse_in_host_script() -> None:

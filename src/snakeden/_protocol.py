@@ -48,6 +48,10 @@ class Kind(enum.IntEnum):
     PONG = 6  # worker -> host: reply to PING, same id (body: map of worker facts)
     CANCEL = 7  # host -> worker: the caller of request ``id`` gave up (body: empty)
     SHUTDOWN = 8  # host -> worker: finish and exit 0 (body: empty)
+    # Sessions (docs/protocol.md section 6.6): ``id`` is the session's id, no reply. Sent only to
+    # a worker whose HELLO lists the "session" feature.
+    SESSION_OPEN = 14  # host -> worker: keep state for session ``id`` (body: empty)
+    SESSION_CLOSE = 15  # host -> worker: drop session ``id``'s state (body: empty)
 
 
 class Flag(enum.IntFlag):
@@ -60,6 +64,9 @@ class Flag(enum.IntFlag):
     # CALL only: the body has a 4th element, a map of W3C Trace Context headers. Sent only to a
     # worker whose HELLO lists the "trace" feature (docs/protocol.md section 6.2).
     CONTEXT = 0x08
+    # CALL only: the call belongs to a session; the body starts with the session id (u32 BE),
+    # followed by the usual body (docs/protocol.md section 6.6).
+    SESSION = 0x20
 
 
 # Plain ints for the hot paths: IntFlag arithmetic costs ~0.7us per operation.
@@ -67,6 +74,7 @@ PICKLE: Final = int(Flag.PICKLE)
 BY_REFERENCE: Final = int(Flag.BY_REFERENCE)
 BATCH: Final = int(Flag.BATCH)
 CONTEXT: Final = int(Flag.CONTEXT)
+SESSION: Final = int(Flag.SESSION)
 
 # Kinds for the per-call paths, as plain ints: on Python 3.11 a ``Kind.X`` lookup runs through
 # EnumType.__getattr__'s slot, several times the cost of a global.
@@ -79,6 +87,11 @@ FEATURE_TRACE: Final = "trace"
 #: HELLO ``features`` value of a worker that notes each call's id in the host's "begun" slot
 #: before it runs it (a local worker sharing ``/dev/shm`` with its host; see ``_shm``).
 FEATURE_BEGUN: Final = "begun"
+#: HELLO ``features`` value of a worker that keeps session state (SESSION_OPEN / SESSION_CLOSE,
+#: and CALLs with the SESSION flag).
+FEATURE_SESSION: Final = "session"
+#: The session id that prefixes the body of a CALL with the SESSION flag.
+SESSION_ID: Final = struct.Struct(">I")
 
 
 class ProtocolViolation(Exception):
@@ -190,6 +203,15 @@ class FrameDecoder:
 def encode_header(kind: int, ident: int, body_len: int, flags: int = 0) -> bytes:
     """The 10 header bytes for a frame whose body is ``body_len`` bytes long."""
     return _HEADER.pack(body_len + _INNER_HEADER, kind, flags, ident)
+
+
+def session_call(call: bytes, session_id: int) -> bytes:
+    """The encoded CALL frame ``call`` as a call of session ``session_id`` (docs/protocol.md
+    section 6.6): the SESSION flag set and the session id put before the body."""
+    _, kind, flags, ident = _HEADER.unpack_from(call)
+    body = memoryview(call)[HEADER_SIZE:]
+    header = encode_header(kind, ident, SESSION_ID.size + len(body), flags | SESSION)
+    return b"".join((header, SESSION_ID.pack(session_id), body))
 
 
 def encode_frame(
@@ -344,7 +366,7 @@ def hello_body(
 
 #: Error ``kind`` values in an ERROR body (see docs/protocol.md).
 ERROR_KINDS: Final = frozenset(
-    {"user", "unknown_command", "bad_call", "decode", "encode", "startup", "cancelled"}
+    {"user", "unknown_command", "bad_call", "decode", "encode", "startup", "cancelled", "session"}
 )
 
 

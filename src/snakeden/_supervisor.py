@@ -47,6 +47,7 @@ from snakeden._protocol import (
     encode_frame,
 )
 from snakeden._reaper import RunRecord
+from snakeden._sessions import SessionRecord
 
 log = logging.getLogger("snakeden")
 
@@ -80,6 +81,8 @@ class Supervisor:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._maintenance: asyncio.Task[None] | None = None
         self._warned_no_commands = False
+        # Set by the core: drops the state of sessions idle past their TTL (SESSION_CLOSE).
+        self.on_sessions_expired: Callable[[list[SessionRecord]], None] | None = None
 
     # --- running things on the loop ------------------------------------------------------------
 
@@ -123,7 +126,7 @@ class Supervisor:
             act.wake.wake()
         if act.close_fds is not None and act.close_fds.proc is not None:
             act.close_fds.proc.close_fds()
-        if act.retire is not None or act.ensure_capacity or act.check_memory or act.drained:
+        if act.retire or act.ensure_capacity or act.check_memory or act.drained or act.flush:
             if self._on_loop_thread():
                 # At once: the pool is never seen between a decision and its replacement.
                 self._act_on_loop(act)
@@ -131,6 +134,8 @@ class Supervisor:
                 self.call_soon(self._act_on_loop, act)
 
     def _act_on_loop(self, act: Actions) -> None:
+        if act.flush is not None:
+            self._flush(act.flush)
         if act.retire is not None:
             w = act.retire
             self.events.emit("recycled", w, None, detail=f"after {w.calls} calls")
@@ -141,6 +146,14 @@ class Supervisor:
             self.ensure_capacity()
         if act.drained:
             self.drained.set()
+
+    def _flush(self, w: WorkerHandle) -> None:
+        """Write what waits in ``w``'s outbox (SESSION_CLOSE, blocking mode), on a lease of
+        its own, then pass the worker on."""
+        data = self.checkout.take_outbox(w)
+        if w.channel is not None and data:
+            w.channel.notify(data)
+        self.act(self.checkout.release(w, None))
 
     def fail(self, w: WorkerHandle, cause: Cause) -> None:
         """Take ``w`` out of service and kill it (its process group). Thread-safe; the exit
@@ -336,6 +349,7 @@ class Supervisor:
             tuple(f for f in listed if isinstance(f, str)) if isinstance(listed, list) else ()
         )
         w.takes_context = FEATURE_TRACE in features
+        w.features = features
         return features
 
     def _break(self, cause: WorkerStartError) -> None:
@@ -455,26 +469,19 @@ class Supervisor:
     # --- maintenance ---------------------------------------------------------------------------
 
     def start_maintenance(self) -> None:
-        cfg = self.config
-        if cfg.health_interval or cfg.idle_timeout or cfg.max_age or cfg.max_memory:
+        if _periods(self.config):
             self._maintenance = self.spawn(self._maintain())
 
     async def _maintain(self) -> None:
-        cfg = self.config
-        intervals = [
-            x
-            for x in (
-                cfg.health_interval,
-                cfg.idle_timeout,
-                cfg.max_age,
-                cfg.memory_check_interval if cfg.max_memory else None,
-            )
-            if x
-        ]
+        intervals = _periods(self.config)
         period = max(0.05, min(intervals) / 2)
         while self.checkout.phase is Phase.RUNNING:
             await asyncio.sleep(period)
-            for w, what in self.checkout.due(self.clock()):
+            now = self.clock()
+            expired = self.checkout.expire_sessions(now)
+            if expired and self.on_sessions_expired is not None:
+                self.on_sessions_expired(expired)
+            for w, what in self.checkout.due(now):
                 if what == "age":
                     self.events.emit("aged", w, None)
                     self.act(self.checkout.mark_retiring(w))
@@ -487,6 +494,8 @@ class Supervisor:
                         self.spawn(self._ping(w))
                 elif what == "memory":
                     self.spawn(self._check_memory(w))
+                elif what == "retire" and self.checkout.take_idle(w, stop=Cause.RETIRED):
+                    self.act(Actions(retire=w, ensure_capacity=True))
 
     async def _check_memory(self, w: WorkerHandle) -> None:
         limit = self.config.max_memory
@@ -542,6 +551,15 @@ class Supervisor:
         await asyncio.gather(*(self.stop_worker(w) for w in workers), return_exceptions=True)
         for w in workers:
             await self.wait_gone(w, 5.0)
+
+
+def _periods(cfg: PoolConfig) -> list[float]:
+    """The periods maintenance serves (none: no maintenance task)."""
+    memory = cfg.memory_check_interval if cfg.max_memory else None
+    every = (cfg.health_interval, cfg.idle_timeout, cfg.max_age, memory, cfg.session_ttl)
+    # session_hold only matters with something to recycle by; 0 means at once, not a period.
+    hold = cfg.session_hold if cfg.max_calls or cfg.max_age or cfg.max_memory else None
+    return [x for x in (*every, hold) if x]
 
 
 def _stdout_text(w: WorkerHandle) -> str:

@@ -29,13 +29,16 @@ from snakeden._calls import Command
 from snakeden._channel import ChannelLost
 from snakeden._config import PoolOptions, make_config
 from snakeden._core import PoolCore
-from snakeden._errors import PoolClosed, PoolSaturated
+from snakeden._errors import PoolClosed, PoolSaturated, SessionExpired
 from snakeden._handle import Cause
 from snakeden._pool import _UNSET, describe, refuse_in_host_script
 from snakeden._protocol import KIND_CALL, encode_header
+from snakeden._sessions import Affinity, SessionRecord, check_affinity, session_ttl
 from snakeden._stats import PoolStats
 
-_Item = tuple[cf.Future[Any], Command, tuple[Any, ...], dict[str, Any], bool, float]
+_Item = tuple[
+    cf.Future[Any], Command, tuple[Any, ...], dict[str, Any], bool, float, "SessionRecord | None"
+]
 
 # Pools not yet shut down, for the exit hook. Strong references on purpose: an open pool owns
 # processes and queued calls, so it is not garbage until it is shut down.
@@ -158,6 +161,7 @@ class SyncPool(cf.Executor):
         timeout: float | None = _UNSET,
         batch: bool = False,
         queue_timeout: float | None = _UNSET,
+        session: SessionRecord | None = None,
     ) -> Any:
         if type(cmd) is not str:
             cmd, args = _commands.sendable(
@@ -170,7 +174,7 @@ class SyncPool(cf.Executor):
         attempt = 0
         while True:
             w, waited = core.checkout_blocking(
-                cfg.queue_timeout if queue_timeout is _UNSET else queue_timeout
+                cfg.queue_timeout if queue_timeout is _UNSET else queue_timeout, session
             )
             t1 = time.perf_counter()
             w.current_command = name  # for the live view (snakeden top)
@@ -182,14 +186,24 @@ class SyncPool(cf.Executor):
                 data = encode_header(KIND_CALL, ident, len(body), flags) + body
             else:  # opens the call's span; the worker may get its trace context
                 data = core.tracing.call_frame(w, name, ident, flags, body, waited, attempt)
+            if session is not None:
+                try:
+                    data = core.session_frame(session, w, data)
+                except BaseException:
+                    core.release(w, None)
+                    raise
             try:
                 frame = channel.request_blocking(ident, data, deadline)
             except TimeoutError:
                 raise core.call_timed_out(w, name, timeout, waited, t1) from None
             except ChannelLost as lost:
-                if core.call_lost(w, lost, waited, t1, attempt):
+                strict = session is not None and session.strict
+                if core.call_lost(w, lost, waited, t1, attempt, may_retry=not strict):
                     attempt += 1
                     continue  # it never reached the worker: another one runs it
+                if strict and lost.unsent:
+                    assert session is not None
+                    raise core.session_lost(session, w) from None
                 w.gone.wait(5.0)  # for the exit status and the last stderr lines
                 raise core.crash_error(w, lost, name) from None
             except BaseException:
@@ -211,7 +225,13 @@ class SyncPool(cf.Executor):
         return self._submit(fn, args, kwargs, batch=False)
 
     def _submit(
-        self, cmd: Command, args: tuple[Any, ...], kwargs: dict[str, Any], *, batch: bool
+        self,
+        cmd: Command,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        batch: bool,
+        session: SessionRecord | None = None,
     ) -> cf.Future[Any]:
         cmd, args = _commands.sendable(
             cmd, args, pickle=self.config.serializer == "pickle", batch=batch
@@ -237,7 +257,7 @@ class SyncPool(cf.Executor):
                 self._dispatchers.append(t)
                 t.start()
             # Under the lock: a shutdown's sentinels must come after every accepted call.
-            self._queue.put((fut, cmd, args, kwargs, batch, time.monotonic()))
+            self._queue.put((fut, cmd, args, kwargs, batch, time.monotonic(), session))
         return fut
 
     def _dispatch(self) -> None:
@@ -251,7 +271,7 @@ class SyncPool(cf.Executor):
             del item
 
     def _run_item(self, item: _Item) -> None:
-        fut, cmd, args, kwargs, batch, queued_at = item
+        fut, cmd, args, kwargs, batch, queued_at, session = item
         with self._lock:
             self._submitted -= 1
         if not fut.set_running_or_notify_cancel():
@@ -262,7 +282,10 @@ class SyncPool(cf.Executor):
             fut.set_exception(self._core.queue_timeout_error(qt or 0.0))
             return
         try:
-            result = self.call_with(cmd, args, kwargs, batch=batch, queue_timeout=remaining)
+            if session is None:
+                result = self.call_with(cmd, args, kwargs, batch=batch, queue_timeout=remaining)
+            else:
+                result = Session.run(self, session, cmd, args, kwargs, batch, remaining)
         except BaseException as exc:
             fut.set_exception(exc)
             # The traceback holds this frame, and the frame the future: break the cycle, so
@@ -385,6 +408,12 @@ class SyncPool(cf.Executor):
         self._thread.join()
         self._loop.close()
 
+    def session(self, *, affinity: Affinity = "wait", ttl: float | None = _UNSET) -> Session:
+        """A session: calls that share state kept in one worker; ``with pool.session() as s:
+        s.call(...)``. ``affinity`` and ``ttl`` as for :meth:`snakeden.Pool.session`."""
+        ttl = self.config.session_ttl if ttl is _UNSET else ttl
+        return Session(self, check_affinity(affinity), session_ttl(ttl))
+
     # --- introspection ------------------------------------------------------------------------
 
     def wait_ready(self, n: int | None = None, timeout: float | None = None) -> None:
@@ -403,3 +432,109 @@ class SyncPool(cf.Executor):
 
     def __repr__(self) -> str:
         return describe(self, self._core)
+
+
+class Session:
+    """A session of a :class:`SyncPool` (see :meth:`SyncPool.session`): use it with ``with``, or
+    ``close()`` it. Its calls run where its state is, by its affinity; safe from many threads."""
+
+    def __init__(self, pool: SyncPool, affinity: Affinity, ttl: float | None) -> None:
+        self._pool = pool
+        self.affinity = affinity
+        self.ttl = ttl
+        self._rec: SessionRecord | None = None
+
+    def open(self) -> Session:
+        """Open the session (``with`` does this); raises as :meth:`AsyncSession.open`."""
+        if self._rec is not None:
+            raise RuntimeError("the session is already open")
+        self._rec = self._pool._core.checkout.open_session(self.affinity, self.ttl)
+        return self
+
+    def __enter__(self) -> Session:
+        return self.open()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Drop the session's state in its worker. Calls after this raise SessionClosed."""
+        if self._rec is not None:
+            self._pool._core.close_session(self._rec)
+
+    @property
+    def id(self) -> int:
+        """The session's id: ``snakeden.context().session.id`` in the worker."""
+        return self._open_record().id
+
+    @property
+    def worker_id(self) -> str | None:
+        """The id of the worker holding the session's state (None: none at the moment)."""
+        home = self._open_record().home
+        return home.id if home is not None else None
+
+    def _open_record(self) -> SessionRecord:
+        if self._rec is None:
+            raise RuntimeError("the session is not open: use 'with pool.session() as s'")
+        return self._rec
+
+    def call(
+        self, cmd: Command, /, *args: Any, timeout: float | None = _UNSET, **kwargs: Any
+    ) -> Any:
+        """Like :meth:`SyncPool.call`, on the worker holding this session's state."""
+        return self.run(self._pool, self._open_record(), cmd, args, kwargs, False, _UNSET, timeout)
+
+    def submit(self, fn: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
+        """Like :meth:`SyncPool.submit`, as a call of this session."""
+        return self._pool._submit(fn, args, kwargs, batch=False, session=self._open_record())
+
+    def map(
+        self, fn: Callable[..., Any] | str, *iterables: Iterable[Any], timeout: float | None = None
+    ) -> Iterator[Any]:
+        """Like :meth:`SyncPool.map` (one call per item), as calls of this session."""
+        futs = [self.submit(fn, *args) for args in zip(*iterables, strict=False)]
+        end = None if timeout is None else time.monotonic() + timeout
+
+        def results() -> Iterator[Any]:
+            try:
+                for f in futs:
+                    yield f.result(None if end is None else end - time.monotonic())
+            finally:
+                for f in futs:
+                    f.cancel()
+
+        return results()
+
+    @staticmethod
+    def run(  # noqa: PLR0917 - call_with's arguments, passed on as they are
+        pool: SyncPool,
+        rec: SessionRecord,
+        cmd: Command,
+        args: tuple[Any, ...] | list[Any],
+        kwargs: dict[str, Any],
+        batch: bool,
+        queue_timeout: float | None,
+        timeout: float | None = _UNSET,
+    ) -> Any:
+        """One call of session ``rec``: counted as under way, so it never expires meanwhile."""
+        core = pool._core
+        try:
+            core.checkout.session_begin(rec)
+        except SessionExpired:
+            core.close_session(rec)  # drop its state in the worker now
+            raise
+        try:
+            return pool.call_with(
+                cmd,
+                args,
+                kwargs,
+                timeout=timeout,
+                batch=batch,
+                queue_timeout=queue_timeout,
+                session=rec,
+            )
+        finally:
+            core.checkout.session_done(rec)
+
+    def __repr__(self) -> str:
+        return f"<Session {self._rec!r}>" if self._rec else "<Session not open>"

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from snakeden import _commands, _shm
+from snakeden import _worker_sessions as _sessions
 from snakeden import _worker_tracing as _tracing
 from snakeden._output import log_line
 from snakeden._protocol import (
@@ -31,9 +32,11 @@ from snakeden._protocol import (
     CONTEXT,
     DEFAULT_MAX_FRAME_SIZE,
     FEATURE_BEGUN,
+    FEATURE_SESSION,
     FEATURE_TRACE,
     HEADER_SIZE,
     PICKLE,
+    SESSION,
     Frame,
     FrameDecoder,
     Kind,
@@ -164,7 +167,12 @@ class _Server:
                 if frame.kind == Kind.CALL:
                     if self.begun is not None:
                         self.begun[0] = frame.id  # before anything of the call can happen
-                    self.handle_call(frame)
+                    if frame.flags & SESSION:
+                        _sessions.run_call(frame, self.handle_call, self.send_error)
+                    else:
+                        self.handle_call(frame)
+                elif frame.kind in (Kind.SESSION_OPEN, Kind.SESSION_CLOSE):
+                    _sessions.on_frame(frame)
                 elif frame.kind == Kind.PING:
                     pong = {"pid": os.getpid(), "calls": self.calls}
                     self.send(Kind.PONG, frame.id, encode_body(pong))
@@ -178,7 +186,7 @@ class _Server:
                     print(f"snakeden worker: unknown frame kind {frame.kind}", file=sys.stderr)
                     return EXIT_PROTOCOL_ERROR
 
-    def handle_call(self, frame: Frame) -> None:
+    def handle_call(self, frame: Frame, ctx: Any = None) -> None:
         flags = frame.flags & PICKLE
         # "decode" errors go out in MessagePack whatever the call's codec (docs/protocol.md
         # §5): the host can read them even when the call's codec is what failed.
@@ -212,6 +220,8 @@ class _Server:
             self.send_error(frame.id, 0, kind="decode", type_name="TypeError", message=problem)
             return
         name, args, kwargs = body
+        if ctx is not None:
+            ctx.command = name  # a session call's context (_worker_sessions.run_call)
         try:
             fn = self._lookup(name, frame.flags)
         except Exception as exc:  # importing a reference can raise anything
@@ -449,6 +459,7 @@ def serve(
         features=[
             *([FEATURE_TRACE] if traced else []),
             *([FEATURE_BEGUN] if server.begun is not None else []),
+            FEATURE_SESSION,
         ],
     )
     try:

@@ -303,3 +303,25 @@ def test_a_host_killed_outright_leaves_nothing_on_the_nodes(ray_cluster: Any) ->
     finally:
         host.kill()
         host.wait(60)
+
+
+def test_a_session_keeps_its_worker_on_ray_and_is_lost_loudly(ray_cluster: Any) -> None:
+    """Sessions' frames pass the relay unchanged: state stays in one worker on one node, and a
+    session whose worker dies is lost, never silently moved to a fresh worker."""
+
+    async def body() -> None:
+        sessions = "tests.workers.sessions"
+        async with snakeden.Pool(sessions, size=2, backend="ray", ray=RAY) as pool:
+            async with pool.session() as s:
+                assert await s.call("put", "a", 1) == 1
+                assert await s.call("put", "b", [2]) == 2
+                sid, pid, keys = await s.call("whoami")
+                assert sid == s.id and keys == ["a", "b"]
+                assert pool._core is not None and node_of(pool._core, pid) in pool.stats().nodes
+                with pytest.raises(snakeden.WorkerCrashed):
+                    await s.call("die")
+                with pytest.raises(snakeden.SessionLost):
+                    await s.call("get", "a")
+            assert (await pool.call("whoami"))[0] is None  # the pool serves on
+
+    run(body())

@@ -1,5 +1,5 @@
-"""The traced worker as a runtime without the "trace" feature would serve it: its HELLO lists
-no features (as an older or other-language worker's), so an instrumented host must send it no
+"""The traced worker as a runtime without the "trace" feature would serve it: its HELLO does
+not list it (as an older or other-language worker's), so an instrumented host must send it no
 trace context. Patched at import, before the runtime builds its HELLO (and, with a fork
 template, before the fork: forked workers inherit the patch)."""
 

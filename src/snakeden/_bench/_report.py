@@ -110,6 +110,15 @@ def metrics(s: Settings) -> list[Metric]:
             floors,
         ),
         Metric(
+            "latency",
+            "latency.session",
+            "median, in a session (snakeden only; same run as the plain call)",
+            "µs",
+            "lower",
+            rep_median("session_call_s", 1e6),
+            floors,
+        ),
+        Metric(
             "throughput",
             "throughput.submit",
             "one call each, all in flight",

@@ -13,7 +13,7 @@ import functools
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Final
 
 import snakeden
@@ -79,6 +79,14 @@ class SnakedenSyncHandle(SyncHandle):
         # SyncPool.call() blocks; a helper thread turns it into a future (the hop costs
         # microseconds against a one-second timeout).
         return self._threads.submit(lambda: self._pool.call(command, *args, timeout=timeout))
+
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[Callable[..., Any]]:
+        with self._pool.session() as session:
+            yield session.call
+
+    def session(self) -> contextlib.AbstractContextManager[Callable[..., Any]]:
+        return self._session()
 
     def info(self) -> dict[str, str]:
         return {"start_method": START_METHOD, "pool": repr(self._pool)}
@@ -211,6 +219,15 @@ async def _run_async(
                 await pool.call("echo", b"x")
                 out.add("call_s", time.perf_counter() - t0)
             out.note("one call at a time: await call()")
+            if command is None:  # the Node runtime has no sessions
+                async with pool.session() as session:
+                    for _ in range(s.warmup_calls):
+                        await session.call("echo", b"x")
+                    for _ in range(s.latency_calls):
+                        t0 = time.perf_counter()
+                        await session.call("echo", b"x")
+                        out.add("session_call_s", time.perf_counter() - t0)
+                out.note("session row: the same call in pool.session(), same pool")
     elif scenario == "throughput":
         async with _pool(s.size) as pool, _described(pool, out):
             n = s.throughput_calls

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import abc
 import concurrent.futures as cf
+import contextlib
 import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from snakeden._bench._common import (
@@ -64,6 +66,10 @@ class SyncHandle(abc.ABC):
 
     def _submit_with_timeout(self, command: str, timeout: float, *args: Any) -> cf.Future[Any]:
         raise NotApplicable("no per-call timeout that kills the worker")
+
+    def session(self) -> contextlib.AbstractContextManager[Callable[..., Any]] | None:
+        """A session whose calls all go to one worker, as its ``call`` (snakeden only)."""
+        return None
 
     def broken_by(self, exc: BaseException) -> bool:
         """Whether ``exc`` means the whole pool must be recreated by the caller."""
@@ -173,6 +179,16 @@ def run_scenario(
                 h.call("echo", b"x")
                 out.add("call_s", time.perf_counter() - t0)
             out.note(f"one call at a time: {h.api.get('call', 'call')}")
+            session = h.session()
+            if session is not None:
+                with session as call:
+                    for _ in range(s.warmup_calls):
+                        call("echo", b"x")
+                    for _ in range(s.latency_calls):
+                        t0 = time.perf_counter()
+                        call("echo", b"x")
+                        out.add("session_call_s", time.perf_counter() - t0)
+                out.note("session row: the same call in a session, same pool")
     elif scenario == "throughput":
         with h_factory(s.size) as h:
             out.info.update(h.info())

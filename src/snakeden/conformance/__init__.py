@@ -402,6 +402,18 @@ def run_kit(
 
             record(vec["name"], run_vector, skipped)
 
+        features = hello.get("features") or []
+        for feature, vecs in vectors.get("features", {}).items():
+            for vec in vecs:
+
+                def run_feature(vec: dict[str, Any] = vec) -> None:
+                    for data in _frames(vec["send"]):
+                        s.write(data)
+                    expect(s, vec["expect"], vec.get("order") == "any")
+
+                without = None if feature in features else f"HELLO does not list {feature!r}"
+                record(vec["name"], run_feature, without)
+
         add = bytes.fromhex(vectors["serving"][0]["send"][0])  # call.add, id from the vectors
         add_id = vectors["serving"][0]["expect"][0]["id"]
 

@@ -11,7 +11,16 @@ import json
 import pathlib
 import struct
 
-from snakeden._protocol import BATCH, BY_REFERENCE, PICKLE, Kind, encode_body, encode_frame
+from snakeden._protocol import (
+    BATCH,
+    BY_REFERENCE,
+    PICKLE,
+    SESSION,
+    Kind,
+    encode_body,
+    encode_frame,
+    session_call,
+)
 
 HERE = pathlib.Path(__file__).with_name("vectors.json")
 
@@ -23,6 +32,11 @@ def call(ident: int, command: str, args_hex: list[str], flags: int = 0, kwargs: 
     assert n < 16
     body = "93" + encode_body(command).hex() + f"{0x90 + n:02x}" + "".join(args_hex) + kwargs
     return encode_frame(Kind.CALL, ident, bytes.fromhex(body), flags).hex()
+
+
+def session_call_hex(ident: int, session_id: int) -> str:
+    """add(1, 2) as a call of session ``session_id`` (docs/protocol.md section 6.6)."""
+    return session_call(bytes.fromhex(call(ident, "add", ["01", "02"])), session_id).hex()
 
 
 def h(value: object) -> str:
@@ -305,6 +319,56 @@ def main() -> None:
             "exit": "nonzero",
         },
     ]
+    # Feature vectors: run on the main worker after 'serving', only when its HELLO lists the
+    # feature (docs/protocol.md section 6.6 for "session").
+    session = []
+    i = nid()
+    session.append(
+        {
+            "name": "session.call_in_an_open_session",
+            "doc": "SESSION_OPEN 7, then add(1, 2) with the SESSION flag naming session 7 -> 3",
+            "send": [encode_frame(Kind.SESSION_OPEN, 7).hex() + session_call_hex(i, 7)],
+            "expect": [{"kind": 3, "id": i, "body": "03"}],
+        }
+    )
+    i = nid()
+    session.append(
+        {
+            "name": "session.unknown_session",
+            "doc": "a SESSION call naming a session never opened -> ERROR session, not run",
+            "send": [session_call_hex(i, 0xFFFFFFF0)],
+            "expect": [{"kind": 4, "id": i, "error": {"kind": "session"}}],
+        }
+    )
+    i = nid()
+    session.append(
+        {
+            "name": "session.closed_session",
+            "doc": "SESSION_OPEN 8, SESSION_CLOSE 8, then a call in session 8 -> ERROR session",
+            "send": [
+                encode_frame(Kind.SESSION_OPEN, 8).hex()
+                + encode_frame(Kind.SESSION_CLOSE, 8).hex()
+                + session_call_hex(i, 8)
+            ],
+            "expect": [{"kind": 4, "id": i, "error": {"kind": "session"}}],
+        }
+    )
+    i = nid()
+    session.append(
+        {
+            "name": "session.short_body",
+            "doc": "a SESSION call whose body is shorter than the 4-byte session id -> ERROR "
+            "decode, and the worker keeps serving",
+            "send": [
+                encode_frame(Kind.CALL, i, b"\x00\x01", SESSION).hex(),
+                encode_frame(Kind.PING, i + 1000).hex(),
+            ],
+            "expect": [
+                {"kind": 4, "id": i, "error": {"kind": "decode"}},
+                {"kind": 6, "id": i + 1000, "pong": True},
+            ],
+        }
+    )
     doc = {
         "about": (
             "snakeden worker protocol v1 conformance vectors (docs/protocol.md §11). Each vector: "
@@ -317,13 +381,16 @@ def main() -> None:
             "list; 'flags' when given must equal the frame's. 'values' and 'serving' vectors "
             "run one after another on one worker; 'alone' ones each on a fresh worker, with "
             "SNAKEDEN_MAX_FRAME=max_frame if given, and exit = zero/nonzero the status the "
-            "worker must end with. skip_if_codec: skip for a worker whose HELLO codecs list it."
+            "worker must end with. skip_if_codec: skip for a worker whose HELLO codecs list it. "
+            "'features' maps a HELLO feature to vectors run like 'serving' ones, only on a "
+            "worker whose HELLO features list it."
         ),
         "protocol": 1,
         "contract": ["echo", "add", "fail", "sleep", "shout", "blob"],
         "values": values,
         "serving": serving,
         "alone": alone,
+        "features": {"session": session},
     }
     HERE.write_text(json.dumps(doc, indent=1) + "\n")
 
