@@ -1,7 +1,8 @@
 # Two entry points, both self-contained on a fresh machine (Python 3.11+, make, a C compiler):
 #   make demo   - create/reuse .venv, install snakeden (its runtime dependencies only), run the demo
-#   make test   - create/reuse .venv, install snakeden[test,bench], run lint, types and the whole
-#                 test suite (the benchmark smoke tests need the bench extras); where `node` is
+#   make test   - create/reuse .venv, install snakeden[test,bench,ray], run lint, types and the whole
+#                 test suite (the benchmark smoke tests need the bench extras, tests/on_ray/ the ray
+#                 extra: a local multi-node Ray cluster); where `node` is
 #                 installed, also `npm ci` and the Node runtime's tests in node/ (skipped without)
 PYTHON ?= python3
 VENV := .venv
@@ -23,7 +24,7 @@ $(RUN_STAMP): $(BIN)/python pyproject.toml
 
 # The extras include snakeden itself: a dev install also satisfies the demo.
 $(DEV_STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	$(BIN)/python -m pip install -q -e '.[test,bench,ray]'
 	rm -f $(VENV)/.installed-* && touch $@ $(RUN_STAMP)
 
 demo: $(RUN_STAMP)

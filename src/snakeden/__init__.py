@@ -5,7 +5,7 @@ hangs, keep state between calls, and speak a small language-neutral protocol.
 """
 
 from snakeden._commands import command, concurrency
-from snakeden._config import PoolOptions
+from snakeden._config import PoolOptions, RayOptions
 from snakeden._errors import (
     BadCall,
     CallError,
@@ -33,6 +33,7 @@ from snakeden._errors import (
     SnakedenError,
     UnknownCommand,
     WorkerCrashed,
+    WorkerLost,
     WorkerStartError,
 )
 from snakeden._events import EventKind, WorkerEvent
@@ -68,6 +69,7 @@ __all__ = [
     "PoolStats",
     "ProtocolError",
     "QueueTimeout",
+    "RayOptions",
     "RemoteError",
     "RemoteTraceback",
     "SerializationError",
@@ -85,6 +87,7 @@ __all__ = [
     "UnknownCommand",
     "WorkerCrashed",
     "WorkerEvent",
+    "WorkerLost",
     "WorkerStartError",
     "command",
     "concurrency",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -607,6 +607,9 @@ class Checkout(SessionCheckout[Waiter]):
                 slots=sum(w.depth for w in ws if w.state in (IDLE, BUSY)),
                 sessions=len(self.sessions),
                 sessions_by_worker=self.session_counts(),
+                nodes=dict(
+                    Counter(w.proc.node for w in ws if w.proc and w.proc.node and w.state in _LIVE)
+                ),
             )
 
     def check_invariants(self) -> None:

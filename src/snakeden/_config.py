@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -18,6 +19,51 @@ DEFAULT_SHM_THRESHOLD = 64 * 1024
 
 StartMethod = Literal["auto", "fork", "spawn"]
 SerializerName = Literal["msgpack", "pickle"]
+Backend = Literal["local", "ray"]
+Placement = Literal["default", "spread"]
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and with what each worker runs on a Ray cluster (``backend="ray"``; see
+    ``docs/ray.md``). Pass one as the pool option ``ray=``, or a dict of the same names.
+
+    * ``address`` (default: none): the cluster to connect to (``"auto"``, ``"ray://..."``, an
+      address); none: the cluster this process is already connected to, else ``RAY_ADDRESS``,
+      else a local cluster that the pool starts and stops with itself.
+    * ``num_cpus`` (default 1), ``num_gpus`` (default 0), ``memory`` (default: none, bytes),
+      ``resources`` (default none, e.g. ``{"ssd": 1}``): what Ray reserves for each worker;
+      a worker starts only on a node with that much free.
+    * ``placement`` (default ``"default"``): ``"spread"`` spreads the workers across the
+      nodes; a Ray ``PlacementGroup`` puts them in its bundles (``placement_bundle``, default
+      -1: any bundle).
+    * ``runtime_env`` (default: none): Ray's runtime environment for the workers (``pip``,
+      ``working_dir``, ``py_modules``, ``env_vars``...): how the worker module gets onto
+      nodes that do not have it.
+    * ``namespace`` (default: Ray's): the namespace of the pool's actors, when the pool starts
+      or connects Ray itself.
+    """
+
+    address: str | None = None
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    memory: int | None = None
+    resources: Mapping[str, float] = field(default_factory=dict)
+    placement: Placement | Any = "default"
+    placement_bundle: int = -1
+    runtime_env: Mapping[str, Any] | None = None
+    namespace: str | None = None
+
+    def validate(self) -> None:
+        if self.num_cpus < 0 or self.num_gpus < 0 or (self.memory is not None and self.memory < 0):
+            raise ValueError("ray: num_cpus, num_gpus and memory must be >= 0")
+        if isinstance(self.placement, str):
+            _check_choice("ray placement", self.placement, get_args(Placement))
+        elif not hasattr(self.placement, "bundle_specs"):
+            raise ValueError(
+                f"ray placement must be 'default', 'spread' or a ray PlacementGroup, not "
+                f"{self.placement!r}"
+            )
 
 
 class PoolOptions(TypedDict, total=False):
@@ -69,9 +115,9 @@ class PoolOptions(TypedDict, total=False):
       arrays and other out-of-band pickle buffers) go through a shared-memory region each
       worker keeps for its whole life, one copy each way, instead of the pipe. Values arrive as
       they would by pipe (``bytes``; numpy arrays over their own writable memory). Local Python
-      workers with ``pipeline=1``; elsewhere calls go by pipe. Each region grows to the largest
-      message through it (and shrinks back when much smaller ones follow); it is freed with
-      its worker.
+      workers with ``pipeline=1``, not on Ray; elsewhere calls go by pipe. Each region grows to
+      the largest message through it (and shrinks back when much smaller ones follow); it is
+      freed with its worker.
     * ``cancel_grace`` (default 5 s): a worker whose caller was cancelled gets this long to
       stop the call before it is killed.
     * ``stream_window`` (default 64): items a streaming command may run ahead of its reader
@@ -104,6 +150,14 @@ class PoolOptions(TypedDict, total=False):
       ``max_age``, ``max_memory``) waits for a worker's open sessions to close before it
       recycles the worker anyway (those sessions' next calls raise ``SessionLost``). Shrinking
       (``idle_timeout``) never stops a worker that holds open sessions.
+
+    Where the workers run:
+
+    * ``backend`` (default ``"local"``): ``"ray"`` runs each worker under a Ray actor on a Ray
+      cluster's nodes (``pip install 'snakeden[ray]'``; ``docs/ray.md``), with the same calls,
+      errors and guarantees; a worker lost with its node fails its call with ``WorkerLost``.
+    * ``ray`` (default: none): a :class:`RayOptions` (or a dict of its fields): the cluster's
+      address, each worker's resources, placement and ``runtime_env``.
 
     Observation:
 
@@ -144,6 +198,8 @@ class PoolOptions(TypedDict, total=False):
     max_sessions: int
     session_ttl: float | None
     session_hold: float | None
+    backend: Backend
+    ray: RayOptions | Mapping[str, Any] | None
     on_event: Callable[[WorkerEvent], None] | None
     clock: Callable[[], float]
     stream_window: int
@@ -191,6 +247,8 @@ class PoolConfig:
     max_sessions: int = 1000
     session_ttl: float | None = 600.0
     session_hold: float | None = 60.0
+    backend: Backend = "local"
+    ray: RayOptions | None = None
     on_event: Callable[[WorkerEvent], None] | None = None
     clock: Callable[[], float] = time.monotonic
     stream_window: int = 64
@@ -237,6 +295,32 @@ class PoolConfig:
             raise ValueError("session_hold must be >= 0 seconds, or None to wait for ever")
         if self.min_ready is not None and not 1 <= self.min_ready <= self.min_size:
             raise ValueError(f"min_ready must be between 1 and size ({self.min_size})")
+        _check_choice("backend", self.backend, get_args(Backend))
+        if self.backend == "ray":
+            self._validate_ray()
+        elif self.ray is not None:
+            raise ValueError("the ray= options apply to backend='ray' only; pass that too")
+
+    def _validate_ray(self) -> None:
+        if self.ray is not None:
+            self.ray.validate()
+        # Each of these needs the host and the worker on one machine.
+        local_only = {
+            "start_method='fork'": self.start_method == "fork",
+            "preload": bool(self.preload),
+            "max_memory": self.max_memory is not None,
+        }
+        for what, used in local_only.items():
+            if used:
+                raise ValueError(
+                    f"{what} needs the workers on this machine; it does not apply with "
+                    f"backend='ray' (workers are spawned under Ray actors on the cluster's nodes)"
+                )
+        if importlib.util.find_spec("ray") is None:
+            raise ImportError(
+                "backend='ray' needs Ray, which is not installed in this environment: "
+                "pip install 'snakeden[ray]'"
+            )
 
 
 def _check_choice(option: str, value: object, choices: tuple[str, ...]) -> None:
@@ -281,4 +365,17 @@ def make_config(target: str | None, options: Mapping[str, object]) -> PoolConfig
         kwargs["env"] = dict(kwargs["env"] or {})
     # The pool's own table, which pool.register() adds to.
     kwargs["host_functions"] = dict(kwargs.get("host_functions") or {})
+    if isinstance(kwargs.get("ray"), Mapping):
+        kwargs["ray"] = _ray_options(kwargs["ray"])
     return PoolConfig(target=target, **kwargs)
+
+
+def _ray_options(given: Mapping[str, Any]) -> RayOptions:
+    names = tuple(RayOptions.__dataclass_fields__)
+    for name in given:
+        if name not in names:
+            raise TypeError(
+                f"unknown ray option {name!r}{_did_you_mean(name, names)}; the ray options are: "
+                f"{', '.join(names)} (documented in snakeden.RayOptions)"
+            )
+    return RayOptions(**given)

@@ -44,6 +44,7 @@ from snakeden._errors import (
     QueueTimeout,
     SessionLost,
     WorkerCrashed,
+    WorkerLost,
     WorkerStartError,
     describe_exit,
 )
@@ -94,6 +95,7 @@ class PoolCore:
             config.shm_threshold
             if config.shm_threshold is not None
             and config.command is None
+            and config.backend == "local"  # a Ray worker's node has its own /dev/shm
             and config.pipeline == 1
             and _shm.available()
             else None
@@ -334,6 +336,17 @@ class PoolCore:
                 f"worker {w.id} (pid {w.pid}) broke the protocol while running {command!r}: "
                 f"{lost.cause}; it was killed and is being replaced"
             )
+        elif w.proc.lost is not None:
+            return WorkerLost(
+                f"worker {w.id} (pid {w.pid} on node {w.proc.node}) was lost while running "
+                f"{command!r}: {w.proc.lost}. The call may or may not have run; the pool is "
+                f"replacing the worker on the nodes that remain" + tail_text(tail),
+                node=w.proc.node,
+                exitcode=code,
+                stderr_tail=tail,
+                worker_id=w.id,
+                pid=w.pid,
+            )
         elif w.cause is Cause.CLOSED:
             cls = WorkerCrashed
             head = (
@@ -503,7 +516,12 @@ def _is_violation(lost: ChannelLost) -> bool:
 
 def make_launcher(config: PoolConfig, run_tag: str, env: dict[str, str]) -> Launcher:
     """The launcher for ``start_method``: ``auto`` forks from a template where it can; a
-    ``command`` (any program speaking the protocol) is always spawned from its argv."""
+    ``command`` (any program speaking the protocol) is always spawned from its argv; the Ray
+    backend starts each worker under a Ray actor on a cluster node (``_ray_launcher``)."""
+    if config.backend == "ray":
+        from snakeden._ray_launcher import RayLauncher  # imports Ray itself only in start()
+
+        return RayLauncher(config, env)
     if config.command is not None:
         return CommandLauncher(config.command)
     method = config.start_method

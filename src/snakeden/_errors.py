@@ -250,6 +250,19 @@ class WorkerCrashed(CallError):
         self.pid = pid
 
 
+class WorkerLost(WorkerCrashed):
+    """**The worker was lost with the machine it ran on** (a Ray node died or left the cluster,
+    or the Ray actor owning the worker was killed from outside). Nobody's code is at fault: the
+    infrastructure failed. The call may or may not have run; ``node`` names the lost node.
+    ``exitcode`` is None (nobody saw the process exit). The pool has already started a
+    replacement on the nodes that remain.
+    """
+
+    def __init__(self, message: str, *, node: str | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.node = node
+
+
 class ProtocolError(WorkerCrashed):
     """**The worker broke the protocol** (garbage or oversized frames). The worker's fault: a bug
     in a non-Python worker, or native code writing to the channel's file descriptors. The worker

@@ -263,7 +263,7 @@ class PoolCollector:
         now = time.monotonic()
         seen = set()
         for w in view.workers:
-            if w.pid is None or w.state not in ("idle", "busy"):
+            if w.pid is None or w.state not in ("idle", "busy") or w.node is not None:
                 continue
             seen.add(w.pid)
             cached = e.uss_cache.get(w.pid)

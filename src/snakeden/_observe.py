@@ -31,6 +31,7 @@ class WorkerView:
     running_for: float | None  # seconds since its current lease began
     rss: int | None = None
     uss: int | None = None
+    node: str | None = None  # the cluster node it runs on (None: this machine)
 
     @property
     def utilization(self) -> float:
@@ -106,6 +107,7 @@ class PoolView:
                     "running_for": w.running_for,
                     "rss": w.rss,
                     "uss": w.uss,
+                    "node": w.node,
                 }
                 for w in self.workers
             ],
@@ -130,6 +132,7 @@ def read(core: PoolCore, *, memory: bool = False, uss: bool = False) -> PoolView
                 inflight=w.inflight,
                 command=(w.current_command or None) if w.inflight > 0 else None,
                 running_for=now - w.leased_at if w.inflight > 0 else None,
+                node=w.proc.node if w.proc is not None else None,
             )
             for w in ck.workers.values()
         ]
@@ -165,7 +168,8 @@ def read(core: PoolCore, *, memory: bool = False, uss: bool = False) -> PoolView
         )
     if memory or uss:
         for w in view.workers:
-            if w.pid is not None and w.state != "dead":
+            # A remote worker's pid is another machine's: this one's /proc knows nothing of it.
+            if w.pid is not None and w.state != "dead" and w.node is None:
                 w.rss, w.uss = _memory(w.pid, uss)
     return view
 

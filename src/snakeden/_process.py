@@ -2,9 +2,10 @@
 
 A :class:`Launcher` turns a :class:`LaunchSpec` into a :class:`WorkerProcess`: a pid, the host ends
 of the channel and of the worker's stdout/stderr, a way to signal it, and notification of its exit.
-The pool never forks or execs itself. Today there are two launchers: :class:`SpawnLauncher` (a
-fresh interpreter per worker) and ``ForkLauncher`` in ``_template.py`` (workers forked warm from a
-template process). A remote launcher (a Ray actor owning the worker elsewhere) fits the same shape.
+The pool never forks or execs itself. The launchers: :class:`SpawnLauncher` (a fresh interpreter
+per worker), :class:`CommandLauncher` (any program), ``ForkLauncher`` in ``_template.py`` (workers
+forked warm from a template process) and ``RayLauncher`` in ``_ray_launcher.py`` (a Ray actor
+owning the worker on a cluster node; the host ends of its channel are local pipes a relay feeds).
 """
 
 from __future__ import annotations
@@ -42,7 +43,15 @@ class LaunchSpec:
 
 
 class WorkerProcess:
-    """A started worker as the host sees it. Launchers fill in how exit becomes known."""
+    """A started worker as the host sees it. Launchers fill in how exit becomes known.
+
+    ``local`` is False for a worker on another machine (``_ray_launcher``): its ``pid`` is then
+    a pid on *that* machine, which the host must never signal, watch or read ``/proc`` for.
+    ``node`` names the machine (None: this one); ``lost`` says why the worker was lost with its
+    machine or its remote owner (None while it has not been, and for every local worker).
+    """
+
+    local = True
 
     def __init__(
         self,
@@ -59,6 +68,8 @@ class WorkerProcess:
         self.stdout_fd = stdout_fd
         self.stderr_fd = stderr_fd
         self.returncode: int | None = None
+        self.node: str | None = None
+        self.lost: str | None = None
         self._exited = threading.Event()
         self._callbacks: list[Callable[[WorkerProcess], None]] = []
         self._lock = threading.Lock()
@@ -96,6 +107,12 @@ class WorkerProcess:
         if not self.exited:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(self.pid, sig)
+
+    def kill_group(self) -> None:
+        """After the exit: SIGKILL what the worker left in its process group (a worker that died
+        on its own did not get the chance to clean up)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
 
     def close_fds(self) -> None:
         for name in ("read_fd", "write_fd", "stdout_fd", "stderr_fd"):

@@ -78,6 +78,8 @@ class PoolStats:
     slots: int = 0
     sessions: int = 0  # open sessions (pool.session()): not closed, lost or expired
     sessions_by_worker: dict[str, int] = field(default_factory=dict)  # worker id -> open sessions
+    # Workers in service or starting, by cluster node (backend="ray"; empty for a local pool).
+    nodes: dict[str, int] = field(default_factory=dict)
 
 
 class Counters:

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import os
 import random
 import signal
 import sys
@@ -249,7 +248,8 @@ class Supervisor:
     async def _launch_and_handshake_with(self, w: WorkerHandle, slot: memoryview | None) -> None:
         proc = await self.launcher.launch(self.spec(w.id))  # WorkerStartError: no interpreter
         w.proc = proc
-        self.record.add(proc.pid)
+        if proc.local:  # a remote worker's owner on its node sees to its processes
+            self.record.add(proc.pid)
         for helper in self.launcher.pids():  # a template restarted after its death
             if helper not in self.record.pids:
                 self.record.add(helper)
@@ -445,10 +445,7 @@ class Supervisor:
         w.gone_waiters.clear()
         if close_now:
             w.proc.close_fds()
-        # Whatever it started in its process group goes with it (a worker that died on its own
-        # did not get the chance to clean up).
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(w.proc.pid, signal.SIGKILL)
+        w.proc.kill_group()  # whatever it started in its process group goes with it
         self.record.discard(w.proc.pid)
         if unplanned:
             self._report_exit(w, "")
@@ -528,7 +525,7 @@ class Supervisor:
     async def _check_memory(self, w: WorkerHandle) -> None:
         limit = self.config.max_memory
         pid = w.pid
-        if limit is None or pid is None or not w.in_service:
+        if limit is None or pid is None or not w.in_service or w.proc is None or not w.proc.local:
             return
         # Reading smaps takes milliseconds: off the loop, so calls are not held up.
         used = await asyncio.to_thread(_uss, pid)
@@ -543,7 +540,7 @@ class Supervisor:
         assert w.channel is not None and w.proc is not None
         try:
             cause = None
-            if _is_stopped(w.proc.pid):
+            if w.proc.local and _is_stopped(w.proc.pid):
                 cause = "stopped (SIGSTOP?)"
             else:
                 ident = w.channel.next_id()

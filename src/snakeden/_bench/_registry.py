@@ -104,6 +104,15 @@ CONTENDERS: tuple[Contender, ...] = (
         check="snakeden._bench._node:unavailable",
     ),
     Contender(
+        "snakeden-ray",
+        "snakeden Pool (asyncio), backend='ray'",
+        "snakeden",
+        frozenset({"latency", "throughput"}),
+        requires=("ray",),
+        runner="snakeden._bench._ray:run",
+        why_not="the Ray hop is measured on the call path only",
+    ),
+    Contender(
         "cf-process",
         "concurrent.futures.ProcessPoolExecutor",
         "peer",

@@ -194,8 +194,12 @@ def _new_pool(
     *,
     command: list[str] | None = None,
     by_pipe: bool = False,
+    ray: bool = False,
 ) -> snakeden.Pool:
-    """A pool with default settings but for what is named (``by_pipe``: shm_threshold=None)."""
+    """A pool with default settings but for what is named (``by_pipe``: shm_threshold=None;
+    ``ray``: each worker under a Ray actor, _bench/_ray.py connected Ray first)."""
+    if ray:
+        return snakeden.Pool(SNAKEDEN_MODULES[preload], size=size, pipeline=pipeline, backend="ray")
     options: snakeden.PoolOptions = {"size": size, "pipeline": pipeline}
     if by_pipe:
         options["shm_threshold"] = None
@@ -255,11 +259,18 @@ def _describe(task: asyncio.Future[Any]) -> str:
 
 
 async def _run_async(
-    scenario: str, variant: str | None, s: Settings, ctx: Context, command: list[str] | None = None
+    scenario: str,
+    variant: str | None,
+    s: Settings,
+    ctx: Context,
+    command: list[str] | None = None,
+    *,
+    ray: bool = False,
 ) -> Outcome:
-    """One scenario on asyncio pools of Python workers, or of ``command`` workers if given."""
+    """One scenario on asyncio pools of Python workers, or of ``command`` workers if given, or
+    of Python workers on Ray (``ray``)."""
     out = Outcome()
-    _pool = functools.partial(_new_pool, command=command)
+    _pool = functools.partial(_new_pool, command=command, ray=ray)
     if command is None:
         out.info["start_method"] = START_METHOD
     else:
