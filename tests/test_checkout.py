@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from snakeden import PoolClosed, PoolSaturated
-from snakeden._checkout import Actions, AsyncWaiter, Checkout, Phase, ThreadWaiter
+from snakeden._checkout import Actions, Checkout, Phase
 from snakeden._config import PoolConfig
 from snakeden._handle import BadTransition, Cause, WorkerHandle, WState
+from snakeden._waiters import AsyncWaiter, ThreadWaiter
 
 
 class Clock:

@@ -19,9 +19,10 @@ from snakeden import (
     SessionLost,
     SessionsUnsupported,
 )
-from snakeden._checkout import Checkout, ThreadWaiter
+from snakeden._checkout import Checkout
 from snakeden._handle import Cause, WorkerHandle, WState
 from snakeden._sessions import SessionRecord
+from snakeden._waiters import ThreadWaiter
 from tests.test_checkout import pool, queue, take
 
 _n = 0

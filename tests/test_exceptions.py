@@ -26,8 +26,8 @@ import pytest
 
 import snakeden
 from snakeden._calls import encode_call, error_from_body
+from snakeden._hello import check_hello
 from snakeden._protocol import Frame, Kind, PickledException, encode_body
-from snakeden._supervisor import Supervisor
 from tests.conftest import run
 from tests.workers import errors
 from tests.workers.errors import AppError, CodedError
@@ -348,18 +348,17 @@ def _hello(**fields: Any) -> Frame:
     ],
 )
 def test_check_hello_codecs(codecs: Any, serializer: str, accepted: bool) -> None:
-    sup = SimpleNamespace(config=SimpleNamespace(serializer=serializer))
     w = SimpleNamespace(id="w9", pid=4242, commands=())
     frame = _hello() if codecs is None else _hello(codecs=codecs)
-    check: Callable[..., None] = Supervisor._check_hello
+    check: Callable[..., None] = check_hello
     if accepted:
-        check(sup, w, frame)
+        check(w, frame, serializer)
         assert w.commands == ("echo",)
     else:
         with pytest.raises(
             snakeden.WorkerStartError, match=r"worker w9 .*does not offer the pickle"
         ):
-            check(sup, w, frame)
+            check(w, frame, serializer)
         assert w.commands == ()
 
 

@@ -22,9 +22,9 @@ import pytest
 
 import snakeden
 from snakeden._channel import Channel
-from snakeden._checkout import AsyncWaiter
 from snakeden._handle import WorkerHandle
 from snakeden._supervisor import Supervisor
+from snakeden._waiters import AsyncWaiter
 from tests.conftest import run
 from tests.recorder import Recorder
 from tests.rendezvous import Rendezvous

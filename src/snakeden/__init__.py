@@ -41,7 +41,8 @@ from snakeden._pool import AsyncSession, Pool
 from snakeden._sessions import Affinity
 from snakeden._stats import Percentiles, PoolStats
 from snakeden._streams import Stream
-from snakeden._syncpool import Session, SyncPool
+from snakeden._sync_sessions import Session
+from snakeden._syncpool import SyncPool
 from snakeden._worker_context import CallCancelled, CallContext, context
 
 __version__ = "0.1.0"

@@ -9,11 +9,11 @@ drives it step by step with an injected clock) and keeps the lock off every syst
 
 Callers run on any thread (``SyncPool``) or on the loop (``Pool``); the supervisor on the loop.
 Every worker state change goes through :meth:`WorkerHandle.move` in a method of this class.
+The queued callers themselves (:class:`AsyncWaiter`, :class:`ThreadWaiter`) are in ``_waiters``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import threading
 from collections import Counter, deque
@@ -26,6 +26,7 @@ from snakeden._errors import PoolClosed, PoolSaturated
 from snakeden._handle import BUSY, DEAD, IDLE, STARTING, STOPPING, Cause, WorkerHandle
 from snakeden._sessions import SessionCheckout
 from snakeden._stats import Counters, Outcome, Percentiles, PoolStats
+from snakeden._waiters import ThreadWaiter, Waiter
 
 
 class Phase(enum.Enum):
@@ -40,55 +41,6 @@ class Phase(enum.Enum):
 
 _RUNNING: Final = Phase.RUNNING  # per-call paths: see _handle.BUSY
 _CLOSING: Final = Phase.CLOSING
-
-
-# --- waiters: a caller queued for a worker -----------------------------------------------------
-
-
-class AsyncWaiter:
-    """A task's place in the queue. Woken on the loop, so no lock is needed to resolve it."""
-
-    __slots__ = ("fut", "worker")
-
-    def __init__(self, fut: asyncio.Future[WorkerHandle]) -> None:
-        self.fut = fut
-        self.worker: WorkerHandle | None = None  # assigned under the checkout lock
-
-    def alive(self) -> bool:
-        return not self.fut.done()
-
-    def wake(self) -> None:
-        if self.worker is not None and not self.fut.done():
-            self.fut.set_result(self.worker)
-
-    def fail(self, exc: BaseException) -> None:
-        if not self.fut.done():
-            self.fut.set_exception(exc)
-
-
-class ThreadWaiter:
-    """A thread's place in the queue."""
-
-    __slots__ = ("error", "event", "gave_up", "worker")
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.worker: WorkerHandle | None = None
-        self.error: BaseException | None = None
-        self.gave_up = False
-
-    def alive(self) -> bool:
-        return not self.gave_up and self.error is None
-
-    def wake(self) -> None:
-        self.event.set()
-
-    def fail(self, exc: BaseException) -> None:
-        self.error = exc
-        self.event.set()
-
-
-Waiter = AsyncWaiter | ThreadWaiter
 
 
 @dataclass(slots=True)

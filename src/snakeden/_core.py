@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from snakeden import _regions, _shm
 from snakeden._calls import Command, RegionBody, decode_reply, encode_call, unpack_batch
 from snakeden._channel import ChannelLost
-from snakeden._checkout import AsyncWaiter, Checkout, Phase, ThreadWaiter
+from snakeden._checkout import Checkout, Phase
 from snakeden._config import PoolConfig
 from snakeden._errors import (
     CallTimeout,
@@ -65,6 +65,7 @@ from snakeden._reaper import RunRecord, reap_leftovers
 from snakeden._sessions import SessionRecord
 from snakeden._stats import Outcome, PoolStats
 from snakeden._supervisor import Supervisor
+from snakeden._waiters import AsyncWaiter, ThreadWaiter
 
 if TYPE_CHECKING:
     from snakeden._tracing import CallTracer

@@ -29,12 +29,13 @@ from snakeden._calls import Command
 from snakeden._channel import ChannelLost
 from snakeden._config import PoolOptions, make_config
 from snakeden._core import PoolCore
-from snakeden._errors import PoolClosed, PoolSaturated, SessionExpired
+from snakeden._errors import PoolClosed, PoolSaturated
 from snakeden._handle import Cause
 from snakeden._pool import _UNSET, Pool, describe, refuse_in_host_script
 from snakeden._protocol import KIND_CALL, encode_header
 from snakeden._sessions import Affinity, SessionRecord, check_affinity, session_ttl
 from snakeden._stats import PoolStats
+from snakeden._sync_sessions import Session
 from snakeden._sync_streams import BridgedStream, SyncStream
 
 _Item = tuple[
@@ -533,109 +534,3 @@ class SyncPool(cf.Executor):
 
     def __repr__(self) -> str:
         return describe(self, self._core)
-
-
-class Session:
-    """A session of a :class:`SyncPool` (see :meth:`SyncPool.session`): use it with ``with``, or
-    ``close()`` it. Its calls run where its state is, by its affinity; safe from many threads."""
-
-    def __init__(self, pool: SyncPool, affinity: Affinity, ttl: float | None) -> None:
-        self._pool = pool
-        self.affinity = affinity
-        self.ttl = ttl
-        self._rec: SessionRecord | None = None
-
-    def open(self) -> Session:
-        """Open the session (``with`` does this); raises as :meth:`AsyncSession.open`."""
-        if self._rec is not None:
-            raise RuntimeError("the session is already open")
-        self._rec = self._pool._core.checkout.open_session(self.affinity, self.ttl)
-        return self
-
-    def __enter__(self) -> Session:
-        return self.open()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Drop the session's state in its worker. Calls after this raise SessionClosed."""
-        if self._rec is not None:
-            self._pool._core.close_session(self._rec)
-
-    @property
-    def id(self) -> int:
-        """The session's id: ``snakeden.context().session.id`` in the worker."""
-        return self._open_record().id
-
-    @property
-    def worker_id(self) -> str | None:
-        """The id of the worker holding the session's state (None: none at the moment)."""
-        home = self._open_record().home
-        return home.id if home is not None else None
-
-    def _open_record(self) -> SessionRecord:
-        if self._rec is None:
-            raise RuntimeError("the session is not open: use 'with pool.session() as s'")
-        return self._rec
-
-    def call(
-        self, cmd: Command, /, *args: Any, timeout: float | None = _UNSET, **kwargs: Any
-    ) -> Any:
-        """Like :meth:`SyncPool.call`, on the worker holding this session's state."""
-        return self.run(self._pool, self._open_record(), cmd, args, kwargs, False, _UNSET, timeout)
-
-    def submit(self, fn: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
-        """Like :meth:`SyncPool.submit`, as a call of this session."""
-        return self._pool._submit(fn, args, kwargs, batch=False, session=self._open_record())
-
-    def map(
-        self, fn: Callable[..., Any] | str, *iterables: Iterable[Any], timeout: float | None = None
-    ) -> Iterator[Any]:
-        """Like :meth:`SyncPool.map` (one call per item), as calls of this session."""
-        futs = [self.submit(fn, *args) for args in zip(*iterables, strict=False)]
-        end = None if timeout is None else time.monotonic() + timeout
-
-        def results() -> Iterator[Any]:
-            try:
-                for f in futs:
-                    yield f.result(None if end is None else end - time.monotonic())
-            finally:
-                for f in futs:
-                    f.cancel()
-
-        return results()
-
-    @staticmethod
-    def run(  # noqa: PLR0917 - call_with's arguments, passed on as they are
-        pool: SyncPool,
-        rec: SessionRecord,
-        cmd: Command,
-        args: tuple[Any, ...] | list[Any],
-        kwargs: dict[str, Any],
-        batch: bool,
-        queue_timeout: float | None,
-        timeout: float | None = _UNSET,
-    ) -> Any:
-        """One call of session ``rec``: counted as under way, so it never expires meanwhile."""
-        core = pool._core
-        try:
-            core.checkout.session_begin(rec)
-        except SessionExpired:
-            core.close_session(rec)  # drop its state in the worker now
-            raise
-        try:
-            return pool.call_with(
-                cmd,
-                args,
-                kwargs,
-                timeout=timeout,
-                batch=batch,
-                queue_timeout=queue_timeout,
-                session=rec,
-            )
-        finally:
-            core.checkout.session_done(rec)
-
-    def __repr__(self) -> str:
-        return f"<Session {self._rec!r}>" if self._rec else "<Session not open>"

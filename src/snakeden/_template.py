@@ -450,7 +450,7 @@ def template_main(argv: list[str]) -> int:
     host = os.environ.get("SNAKEDEN_HOST_PID")
     _worker_os.die_with_parent(int(host) if host else None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    worker.adopt_host_path()  # before any import; forked workers inherit the result
+    _worker_os.adopt_host_path()  # before any import; forked workers inherit the result
     target = next((a for a in argv if not a.startswith("--")), "") or None
     preload = next((a.split("=", 1)[1] for a in argv if a.startswith("--preload=")), "")
     try:
@@ -586,7 +586,7 @@ def _fork_worker(  # noqa: PLR0917
         os.environ["SNAKEDEN_WORKER_ID"] = worker_id
         os.environ["SNAKEDEN_FDS"] = f"{rfd},{wfd}"
         _worker_os.die_with_parent(template_pid)
-        worker.prepare_process()
+        _worker_os.prepare_process()
         code = worker.serve(
             target,
             rfd=rfd,

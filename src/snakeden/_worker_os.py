@@ -1,9 +1,12 @@
-"""Process-level helpers of the worker runtime: writing frames whole, dying with the parent."""
+"""Process-level helpers of the worker runtime: writing frames whole, dying with the parent,
+the process settings every worker wants, and the host's import path."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import faulthandler
+import json
 import os
 import signal
 import sys
@@ -47,3 +50,26 @@ def enlarge_pipe(fd: int, size: int = 1 << 20) -> None:
 
         with contextlib.suppress(OSError):
             fcntl.fcntl(fd, 1031, size)
+
+
+def adopt_host_path() -> None:
+    """Put the host's import path (``SNAKEDEN_SYS_PATH``, see ``_process.host_import_path``)
+    in front of ours, so a module the host imports from its script's directory imports here too,
+    whatever our cwd. Our own entries (cwd, ``PYTHONPATH``) keep their order after it."""
+    raw = os.environ.pop("SNAKEDEN_SYS_PATH", "")
+    try:
+        entries = json.loads(raw) if raw else []
+    except ValueError:
+        return
+    if isinstance(entries, list):
+        sys.path[:0] = [p for p in entries if isinstance(p, str) and p not in sys.path]
+
+
+def prepare_process() -> None:
+    """Process-wide settings every worker wants, spawned or forked."""
+    faulthandler.enable()  # a segfault leaves a Python traceback in the last stderr lines
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    # The host owns interruption: it stops us with SHUTDOWN, SIGTERM or SIGKILL.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

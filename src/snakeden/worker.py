@@ -9,12 +9,8 @@ what a fork template forks, and fork is only safe from a single-threaded process
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import faulthandler
 import inspect
-import json
 import os
-import signal
 import sys
 import threading
 import traceback
@@ -71,8 +67,10 @@ from snakeden._worker_logging import route_logging
 from snakeden._worker_os import (
     EXIT_PROTOCOL_ERROR,
     EXIT_STARTUP_FAILED,
+    adopt_host_path,
     die_with_parent,
     enlarge_pipe,
+    prepare_process,
     write_all,
 )
 from snakeden._worker_runtime import Concurrent, Link
@@ -527,19 +525,6 @@ def serve(
             server.loop.close()
 
 
-def adopt_host_path() -> None:
-    """Put the host's import path (``SNAKEDEN_SYS_PATH``, see ``_process.host_import_path``)
-    in front of ours, so a module the host imports from its script's directory imports here too,
-    whatever our cwd. Our own entries (cwd, ``PYTHONPATH``) keep their order after it."""
-    raw = os.environ.pop("SNAKEDEN_SYS_PATH", "")
-    try:
-        entries = json.loads(raw) if raw else []
-    except ValueError:
-        return
-    if isinstance(entries, list):
-        sys.path[:0] = [p for p in entries if isinstance(p, str) and p not in sys.path]
-
-
 def import_target(target: str) -> tuple[Any, Any]:
     """Import the target's module; when the module itself is missing (not a module it
     imports), say where we looked and where the host found it."""
@@ -556,16 +541,6 @@ def import_target(target: str) -> tuple[Any, Any]:
             f"{found}",
             name=exc.name,
         ) from None
-
-
-def prepare_process() -> None:
-    """Process-wide settings every worker wants, spawned or forked."""
-    faulthandler.enable()  # a segfault leaves a Python traceback in the last stderr lines
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(AttributeError, ValueError):
-            stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    # The host owns interruption: it stops us with SHUTDOWN, SIGTERM or SIGKILL.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def env_settings() -> tuple[int, int, str, int, int | None]:
