@@ -20,7 +20,6 @@ Rules for host calls: ``call_host`` blocks the calling thread, so an ``async def
 from __future__ import annotations
 
 import contextvars
-import threading
 from collections.abc import Callable, MutableMapping
 from typing import Any, Protocol
 
@@ -48,7 +47,7 @@ class HostLink(Protocol):
 class CallContext:
     """One call's view of itself, inside the worker. Made by the worker runtime only."""
 
-    __slots__ = ("_cancel", "_flags", "_host", "call_id", "command", "session")
+    __slots__ = ("_cancelled", "_flags", "_host", "call_id", "command", "session")
 
     def __init__(
         self,
@@ -62,20 +61,22 @@ class CallContext:
         self.call_id = call_id
         self.command = command
         self.session = session
-        self._cancel = threading.Event()
+        # A plain flag: set by the thread reading the channel, read by the command's (one store
+        # under the GIL); an Event would cost every call that makes a context.
+        self._cancelled = False
         self._host = host  # the runtime's host-call client (None: host calls not offered)
         self._flags = flags  # the call's codec bit: host calls travel in the same codec
 
     def __repr__(self) -> str:
-        state = "cancelled" if self._cancel.is_set() else "running"
+        state = "cancelled" if self._cancelled else "running"
         return f"<CallContext id={self.call_id} {self.command!r} {state}>"
 
     @property
     def cancelled(self) -> bool:
         """True once the host has cancelled this call."""
-        if not self._cancel.is_set() and self._host is not None:
+        if not self._cancelled and self._host is not None:
             self._host.poll(self)  # a single-threaded worker reads the channel only when asked
-        return self._cancel.is_set()
+        return self._cancelled
 
     def check_cancelled(self) -> None:
         """Raise :class:`CallCancelled` if the host has cancelled this call; a sync command that
@@ -85,7 +86,7 @@ class CallContext:
 
     def mark_cancelled(self) -> None:
         """The runtime's side: the host sent CANCEL for this call."""
-        self._cancel.set()
+        self._cancelled = True
 
     def call_host(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
         """Run the host function registered as ``name`` (``Pool(host_functions=...)``) with

@@ -218,10 +218,10 @@ class Link:
         """Block a sync stream until the host grants an item (or cancels the call)."""
         if self.threaded:
             with gate.cond:
-                while gate.credit <= 0 and not ctx._cancel.is_set():
+                while gate.credit <= 0 and not ctx._cancelled:
                     gate.cond.wait()
             return
-        while gate.credit <= 0 and not ctx._cancel.is_set():
+        while gate.credit <= 0 and not ctx._cancelled:
             self.pump(block=True)
 
     @staticmethod
@@ -256,7 +256,7 @@ class Link:
     async def _task_body(self, awaitable: Any, ident: int, ctx: CallContext | None) -> Any:
         if ctx is not None:
             enter(ctx)  # the task's own copy of the context: nothing to reset
-            if ctx._cancel.is_set():
+            if ctx._cancelled:
                 raise asyncio.CancelledError  # cancelled before its first step
         task = asyncio.current_task()
         assert task is not None

@@ -37,6 +37,9 @@ from snakeden._protocol import (
     FEATURE_TRACE,
     FLAT,
     HEADER_SIZE,
+    KIND_CALL,
+    KIND_ERROR,
+    KIND_RESULT,
     PICKLE,
     SESSION,
     STREAM,
@@ -155,7 +158,7 @@ class _Server:
             for extra in ("commands", "args", "attrs", "pickled"):
                 body.pop(extra, None)
             data = encode_body(body, flags)
-        self.send(Kind.ERROR, ident, data, flags)
+        self.send(KIND_ERROR, ident, data, flags)
 
     def run(self) -> int:
         if self.concurrency > 1:
@@ -179,7 +182,7 @@ class _Server:
                 frame = backlog.popleft()
                 if frame is None:
                     return 0  # end of file, read while a call ran
-                if frame.kind == Kind.CALL:
+                if frame.kind == KIND_CALL:
                     if self.begun is not None:
                         self.begun[0] = frame.id  # before anything of the call can happen
                     self.current = frame.id
@@ -430,7 +433,7 @@ class _Server:
                 ),
             )
             return
-        self.send(Kind.RESULT, ident, data, flags)
+        self.send(KIND_RESULT, ident, data, flags)
 
 
 class _BadCall(Exception):
