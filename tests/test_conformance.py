@@ -44,7 +44,10 @@ def test_python_runtime_passes_the_kit() -> None:
 def test_node_runtime_passes_the_kit() -> None:
     results = kit.run_kit(NODE_WORKER)
     assert _failures(results) == {}
-    assert not any(r.skipped for r in results)
+    # The Node runtime lists none of the optional features (streams, sessions): their vectors,
+    # and only those, are skipped.
+    skipped = {r.name for r in results if r.skipped}
+    assert skipped and {n.split(".")[0] for n in skipped} <= {"stream", "session"}
 
 
 def _broken(fault: str) -> list[str]:

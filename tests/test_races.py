@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pathlib
 import signal
 import tempfile
 import threading
@@ -63,7 +64,9 @@ def test_worker_dies_between_hand_off_and_send_the_call_runs_elsewhere(
             flag = Rendezvous(tmp)
             async with snakeden.Pool(FAULTS, size=1, start_method=method) as pool:
                 core = _core(pool)
-                first = asyncio.create_task(pool.call("block", str(flag), 0))
+                release = os.path.join(tmp, "release")
+                os.mkfifo(release)
+                first = asyncio.create_task(pool.call("block_until", str(flag), release))
                 pid_of_first = int(await flag.wait_async())
                 orig_wake = AsyncWaiter.wake
                 held: list[WorkerHandle] = []
@@ -87,6 +90,8 @@ def test_worker_dies_between_hand_off_and_send_the_call_runs_elsewhere(
                 second = asyncio.create_task(pool.call("getpid"))
                 await asyncio.sleep(0)  # runs the second caller up to its place in the queue
                 assert pool.stats().queued == 1
+                # Only now does the first call end: its release hands the worker over.
+                await asyncio.to_thread(pathlib.Path(release).write_text, "x")
                 await first
                 # The second call never reached the dead worker: it ran on the replacement.
                 pid_of_second = await asyncio.wait_for(second, 60)

@@ -325,3 +325,28 @@ def test_a_session_keeps_its_worker_on_ray_and_is_lost_loudly(ray_cluster: Any) 
             assert (await pool.call("whoami"))[0] is None  # the pool serves on
 
     run(body())
+
+
+def test_a_stream_flows_through_the_relay_with_flow_control(ray_cluster: Any) -> None:
+    """Stream frames (items, credit, end, cancel) pass the relay unchanged: items in order, an
+    exception mid-stream where it happened, and a reader that stops early leaves a worker that
+    serves the next call."""
+
+    async def body() -> None:
+        async with snakeden.Pool(
+            "tests.workers.streams", size=1, backend="ray", ray=RAY, stream_window=8
+        ) as pool:
+            got = [x async for x in pool.stream("count", 500)]
+            assert got == list(range(500))  # 500 items through a window of 8: credit flows
+            seen: list[int] = []
+            with pytest.raises(snakeden.RemoteError):
+                async for x in pool.stream("fail_after", 3):
+                    seen.append(x)
+            assert seen == [0, 1, 2]
+            async with pool.stream("endless") as s:
+                async for x in s:
+                    if x == 5:
+                        break  # leaving the block ends the generator in the worker
+            assert await pool.call("echo", "after") == "after"
+
+    run(body())

@@ -73,6 +73,16 @@ def block(path: str, seconds: float = 3600) -> None:
 
 
 @snakeden.command
+def block_until(path: str, release: str) -> None:
+    """Create ``path`` (the call is running), then block until the test writes to the FIFO
+    ``release``: the call ends exactly when the test says."""
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    with open(release) as f:
+        f.read(1)
+
+
+@snakeden.command
 def record(path: str, token: str) -> str:
     """Append ``token`` to ``path``: a record that the call was executed."""
     with open(path, "a") as f:
