@@ -233,12 +233,23 @@ class Pool:
         the reader. An exception in the generator is raised where it happened, after the
         items before it; a worker crash raises :class:`WorkerCrashed`; a worker that cannot
         stream (its HELLO lacks ``"stream"``), :class:`FeatureNotSupported`."""
+        return self._stream(cmd, args, kwargs, timeout, None)
+
+    def _stream(
+        self,
+        cmd: Command,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        session: SessionRecord | None,
+    ) -> Stream:
         cmd, args = _commands.sendable(
             cmd, args, pickle=self.config.serializer == "pickle", batch=False
         )
         core = self._running()
         request = core.encode_call(cmd, args, kwargs, batch=False)
-        return Stream(core, request, self.config.call_timeout if timeout is _UNSET else timeout)
+        timeout = self.config.call_timeout if timeout is _UNSET else timeout
+        return Stream(core, request, timeout, session)
 
     def register(self, name: str, fn: Callable[..., Any]) -> None:
         """Make ``fn`` (sync or ``async def``) callable from worker code as
@@ -467,6 +478,14 @@ class AsyncSession:
             return await self._pool.call_with(cmd, args, kwargs, timeout=timeout, session=rec)
         finally:
             self._core.checkout.session_done(rec)
+
+    def stream(
+        self, cmd: Command, /, *args: Any, timeout: float | None = _UNSET, **kwargs: Any
+    ) -> Stream:
+        """Like :meth:`Pool.stream`, on the worker holding this session's state (the generator
+        sees it as ``snakeden.context().session``). Its start is a use of the session; it does
+        not hold the session under way, so one longer than ``ttl`` alone can let it expire."""
+        return self._pool._stream(cmd, args, kwargs, timeout, self._open_record())
 
     async def map(
         self,

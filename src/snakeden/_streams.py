@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from snakeden._calls import error_from_body
 from snakeden._channel import ChannelLost
-from snakeden._errors import CallTimeout, FeatureNotSupported, ProtocolError
+from snakeden._errors import CallTimeout, FeatureNotSupported, ProtocolError, SessionExpired
 from snakeden._handle import Cause, WorkerHandle
 from snakeden._protocol import (
     FEATURE_STREAM,
@@ -38,17 +40,31 @@ from snakeden._protocol import (
 
 if TYPE_CHECKING:
     from snakeden._core import PoolCore
+    from snakeden._sessions import SessionRecord
 
 _EXPIRED = object()
 
 
-def _frames(ident: int, flags: int, body: bytes, window: int) -> bytes:
-    """The CALL and its first CREDIT, for one write."""
-    return (
-        encode_header(Kind.CALL, ident, len(body), flags | STREAM)
-        + body
-        + encode_frame(Kind.CREDIT, ident, encode_body(window))
-    )
+def _frames(
+    ident: int, flags: int, body: bytes, window: int, wrap: Callable[[bytes], bytes] | None
+) -> bytes:
+    """The CALL (through ``wrap``: a session's) and its first CREDIT, for one write."""
+    call = encode_header(Kind.CALL, ident, len(body), flags | STREAM) + body
+    if wrap is not None:
+        call = wrap(call)
+    return call + encode_frame(Kind.CREDIT, ident, encode_body(window))
+
+
+def touch_session(core: PoolCore, rec: SessionRecord) -> None:
+    """A stream of session ``rec`` starts: a use of the session, like a call's start (raises
+    if the session cannot be used). Unlike a call, a stream does not hold the session under way:
+    one that outlasts the session's ``ttl`` with no other use lets it expire."""
+    try:
+        core.checkout.session_begin(rec)
+    except SessionExpired:
+        core.close_session(rec)  # drop its state in the worker now
+        raise
+    core.checkout.session_done(rec)
 
 
 def _refuse(core: PoolCore, w: WorkerHandle, name: str) -> FeatureNotSupported:
@@ -119,14 +135,33 @@ class _Run:
         outcome = self.aborting or ("ok" if got.kind == Kind.STREAM_END else "failed")
         core.release(w, outcome, self.waited, ran)  # type: ignore[arg-type]
 
-    def start(self, w: WorkerHandle, waited: float, flags: int, body: bytes, window: int) -> None:
+    def start(  # noqa: PLR0917 - the lease and the request, as the Stream has them
+        self,
+        w: WorkerHandle,
+        waited: float,
+        flags: int,
+        body: Any,
+        window: int,
+        wrap: Callable[[bytes], bytes] | None,
+    ) -> None:
+        """Send the stream's CALL on ``w``. Raises (the lease given back, nothing sent) when its
+        body cannot be placed or its session cannot run there."""
+        core = self.core
         channel = w.channel
         assert channel is not None
+        if type(body) is not bytes:
+            body = core.place(w, body)  # large buffers by shared memory; releases w on failure
+        ident = channel.next_id()
+        try:
+            data = _frames(ident, flags, body, window, wrap)
+        except BaseException:
+            core.release(w, None)
+            raise
         self.w, self.waited, self.t1 = w, waited, time.perf_counter()
         w.current_command = self.name
-        self.ident = channel.next_id()
+        self.ident = ident
         channel.expect_stream(self.ident, self.on_frame)
-        channel.send(_frames(self.ident, flags, body, window), self.ident)
+        channel.send(data, self.ident)
         if self.timeout is not None:
             self.timers.append(self.core.loop.call_later(self.timeout, self.expire))
 
@@ -169,11 +204,13 @@ class Stream:
     def __init__(
         self,
         core: PoolCore,
-        request: tuple[str, int, bytes],
+        request: tuple[str, int, Any],
         timeout: float | None,
+        session: SessionRecord | None = None,
     ) -> None:
         self._core = core
         self._name, self._flags, self._body = request
+        self._session = session
         self._run = _Run(core, self._name, timeout)
         self._started = False
         self._done = False
@@ -203,10 +240,14 @@ class Stream:
 
     async def _start(self) -> None:
         core = self._core
-        w, waited = await core.checkout_async(core.config.queue_timeout)
+        rec = self._session
+        if rec is not None:
+            touch_session(core, rec)
+        w, waited = await core.checkout_async(core.config.queue_timeout, rec)
         if FEATURE_STREAM not in w.features:
             raise _refuse(core, w, self._name)
-        self._run.start(w, waited, self._flags, self._body, self._window)
+        wrap = None if rec is None else functools.partial(core.session_frame, rec, w)
+        self._run.start(w, waited, self._flags, self._body, self._window, wrap)
         self._started = True
 
     async def __anext__(self) -> Any:

@@ -18,6 +18,7 @@ from snakeden._sessions import Affinity, SessionRecord
 if TYPE_CHECKING:
     import concurrent.futures as cf
 
+    from snakeden._sync_streams import BridgedStream, SyncStream
     from snakeden._syncpool import SyncPool
 
 
@@ -70,6 +71,13 @@ class Session:
     ) -> Any:
         """Like :meth:`SyncPool.call`, on the worker holding this session's state."""
         return self.run(self._pool, self._open_record(), cmd, args, kwargs, False, _UNSET, timeout)
+
+    def stream(
+        self, cmd: Command, /, *args: Any, timeout: float | None = _UNSET, **kwargs: Any
+    ) -> SyncStream | BridgedStream:
+        """Like :meth:`SyncPool.stream`, on the worker holding this session's state; see
+        :meth:`snakeden._pool.AsyncSession.stream` for how it counts as a use."""
+        return self._pool._stream(cmd, args, kwargs, timeout, self._open_record())
 
     def submit(self, fn: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
         """Like :meth:`SyncPool.submit`, as a call of this session."""

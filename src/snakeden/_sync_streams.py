@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -17,10 +18,11 @@ from snakeden._channel import ChannelLost
 from snakeden._errors import CallTimeout
 from snakeden._handle import Cause, WorkerHandle
 from snakeden._protocol import FEATURE_STREAM, Kind, encode_body, encode_frame
-from snakeden._streams import Stream, _frames, _item, _refuse
+from snakeden._streams import Stream, _frames, _item, _refuse, touch_session
 
 if TYPE_CHECKING:
     from snakeden._core import PoolCore
+    from snakeden._sessions import SessionRecord
 
 
 class SyncStream:
@@ -30,11 +32,13 @@ class SyncStream:
     def __init__(
         self,
         core: PoolCore,
-        request: tuple[str, int, bytes],
+        request: tuple[str, int, Any],
         timeout: float | None,
+        session: SessionRecord | None = None,
     ) -> None:
         self._core = core
         self._name, self._flags, self._body = request
+        self._session = session
         self._timeout = timeout
         self._window = core.config.stream_window
         self._w: WorkerHandle | None = None
@@ -60,19 +64,34 @@ class SyncStream:
 
     def _start(self) -> None:
         core = self._core
-        w, self._waited = core.checkout_blocking(core.config.queue_timeout)
+        rec = self._session
+        if rec is not None:
+            touch_session(core, rec)
+        w, self._waited = core.checkout_blocking(core.config.queue_timeout, rec)
         if FEATURE_STREAM not in w.features:
             self._done = True
             raise _refuse(core, w, self._name)
+        body = self._body
+        try:
+            if type(body) is not bytes:
+                body = core.place(w, body)  # shared memory; releases w on failure
+            wrap = None if rec is None else functools.partial(core.session_frame, rec, w)
+            ident = w.channel.next_id() if w.channel is not None else 0
+            data = _frames(ident, self._flags, body, self._window, wrap)
+        except BaseException:
+            self._done = True
+            if type(body) is bytes:  # place() gave the lease back itself
+                core.release(w, None)
+            raise
         self._w = w
         self._t1 = time.perf_counter()
         w.current_command = self._name
         channel = w.channel
         assert channel is not None
-        self._ident = channel.next_id()
+        self._ident = ident
         if self._timeout is not None:
             self._deadline = time.monotonic() + self._timeout
-        channel.write_blocking(_frames(self._ident, self._flags, self._body, self._window), None)
+        channel.write_blocking(data, None)
 
     def __next__(self) -> Any:
         core = self._core

@@ -245,16 +245,25 @@ class SyncPool(cf.Executor):
 
         Same semantics as :meth:`snakeden.Pool.stream`; the iterator's ``close()`` (or leaving
         ``with``, or dropping it) stops the generator in the worker."""
+        return self._stream(cmd, args, kwargs, timeout, None)
+
+    def _stream(
+        self,
+        cmd: Command,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        session: SessionRecord | None,
+    ) -> SyncStream | BridgedStream:
         core = self._core
         if core.checkout.shared:
-            return BridgedStream(
-                self._aio.stream(cmd, *args, timeout=timeout, **kwargs), self._loop
-            )
+            return BridgedStream(self._aio._stream(cmd, args, kwargs, timeout, session), self._loop)
         cmd, args = _commands.sendable(
             cmd, args, pickle=self.config.serializer == "pickle", batch=False
         )
         request = core.encode_call(cmd, args, kwargs, batch=False)
-        return SyncStream(core, request, self.config.call_timeout if timeout is _UNSET else timeout)
+        timeout = self.config.call_timeout if timeout is _UNSET else timeout
+        return SyncStream(core, request, timeout, session)
 
     def register(self, name: str, fn: Callable[..., Any]) -> None:
         """Same as :meth:`snakeden.Pool.register`."""

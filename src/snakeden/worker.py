@@ -249,7 +249,10 @@ class _Server:
             if ctx._host is None:  # give it the channel too: cancellation, host calls
                 ctx._host, ctx._flags = self.link, flags
                 self.link.calls[frame.id] = ctx
-                self.link.claim(frame.id)
+                if frame.flags & STREAM:
+                    self.link.gate(frame.id)  # the gate before the claim: the CREDIT finds it
+                else:
+                    self.link.claim(frame.id)
         try:
             fn = self._lookup(name, frame.flags)
         except Exception as exc:  # importing a reference can raise anything

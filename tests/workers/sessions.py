@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import snakeden
@@ -64,3 +65,12 @@ def hold(reached: str, release: str) -> int:
 @snakeden.command
 def die() -> None:
     os._exit(7)
+
+
+@snakeden.command
+def items() -> Iterator[list[Any]]:
+    """The session's keys and values, one pair per item: a stream that reads session state."""
+    state = snakeden.context().session
+    assert state is not None, "streamed outside a session"
+    for key in sorted(state):
+        yield [key, state[key]]
