@@ -61,11 +61,16 @@ def test_stats_count_busy_slots(tmp_path: pathlib.Path) -> None:
     run(body())
 
 
-def test_a_crash_fails_every_call_in_flight_on_that_worker() -> None:
+def test_a_crash_fails_every_call_in_flight_on_that_worker(tmp_path: pathlib.Path) -> None:
     async def body() -> None:
         async with snakeden.Pool(W, size=1) as pool:
             pid = await pool.call("pid")
-            slow = asyncio.create_task(pool.call("slow_poll"))
+            running = Rendezvous(tmp_path)
+            slow = asyncio.create_task(pool.call("slow_poll", str(running)))
+            # In flight for sure before the crash: sent after it, it would never reach the dead
+            # worker and would rightly run on the replacement instead.
+            await running.wait_async()
+            running.close()
             with pytest.raises(snakeden.WorkerCrashed, match="exited with code 7"):
                 await pool.call("crash")
             with pytest.raises(snakeden.WorkerCrashed):
