@@ -54,11 +54,13 @@ from snakeden._host_calls import HostFunctions, refuse_waiting
 from snakeden._output import tail_text
 from snakeden._process import CommandLauncher, Launcher, SpawnLauncher
 from snakeden._protocol import (
+    KIND_CALL,
     SESSION_ID,
     Frame,
     Kind,
     ProtocolViolation,
     encode_frame,
+    encode_header,
     session_call,
 )
 from snakeden._reaper import RunRecord, reap_leftovers
@@ -250,6 +252,34 @@ class PoolCore:
             flat=flat,
             shm=self.shm,
         )
+
+    def call_frame(  # noqa: PLR0917 - the call as both fronts hold it at this point
+        self,
+        w: WorkerHandle,
+        name: str,
+        ident: int,
+        flags: int,
+        body: bytes | RegionBody,
+        waited: float,
+        attempt: int,
+        session: SessionRecord | None,
+    ) -> bytes:
+        """The bytes to write for a call leased on ``w``: its large buffers placed in ``w``'s
+        region, its trace context and span (when traced), its session id (and SESSION_OPEN).
+        Both fronts write a plain call's frame inline instead (the per-call path). On failure
+        the lease is given back and nothing is sent."""
+        sent = body if type(body) is bytes else self.place(w, body)  # type: ignore[arg-type]
+        if self.tracing is None:
+            data = encode_header(KIND_CALL, ident, len(sent), flags) + sent
+        else:  # opens the call's span; the worker may get its trace context
+            data = self.tracing.call_frame(w, name, ident, flags, sent, waited, attempt)
+        if session is not None:
+            try:
+                data = self.session_frame(session, w, data)
+            except BaseException:
+                self.release(w, None)
+                raise
+        return data
 
     def place(self, w: WorkerHandle, body: RegionBody) -> bytes:
         """The body to send ``w``: a call's large buffers written to its region, or (a worker

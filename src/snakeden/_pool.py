@@ -161,20 +161,13 @@ class Pool:
             w, waited = await core.checkout_async(cfg.queue_timeout, session)
             t1 = time.perf_counter()
             w.current_command = name  # for the live view (snakeden top)
-            sent = body if type(body) is bytes else core.place(w, body)  # type: ignore[arg-type]
             channel = w.channel
             assert channel is not None
             ident = channel.next_id()
-            if core.tracing is None:
-                data = encode_header(KIND_CALL, ident, len(sent), flags) + sent
-            else:  # opens the call's span; the worker may get its trace context
-                data = core.tracing.call_frame(w, name, ident, flags, sent, waited, attempt)
-            if session is not None:
-                try:
-                    data = core.session_frame(session, w, data)
-                except BaseException:
-                    core.release(w, None)
-                    raise
+            if type(body) is bytes and core.tracing is None and session is None:
+                data = encode_header(KIND_CALL, ident, len(body), flags) + body
+            else:  # shared memory, tracing or a session: core.call_frame says it once
+                data = core.call_frame(w, name, ident, flags, body, waited, attempt, session)
             fut = channel.expect(ident)
             channel.send(data, ident)
             timer = None
