@@ -108,3 +108,32 @@ def test_pipelined_calls_after_the_one_begun_never_ran() -> None:
         os.close(channel.write_fd)
 
     asyncio.run(body())
+
+
+@pytest.mark.parametrize("trailing", ["eof", "child_holds_the_pipe"])
+def test_reply_written_before_death_reaches_its_caller(trailing: str) -> None:
+    """The exit notice can come before the loop reads the pipe (one loop turn holds both): a
+    reply the worker wrote before it died is read on close, and only the call it never answered
+    fails. (The likely cause of a kill storm's one unexplained failure, "a call failed on a
+    worker killed while idle": that worker had answered and was waiting for the next call.)"""
+
+    async def body() -> None:
+        channel, wr, ww = _pair()
+        channel.attach(asyncio.get_running_loop(), lambda lost: None)
+        answered, unanswered = channel.next_id(), channel.next_id()
+        fut_answered = channel.expect(answered)
+        fut_unanswered = channel.expect(unanswered)
+        os.write(ww, encode_frame(Kind.RESULT, answered, b"\xa2ok"))
+        held = None if trailing == "eof" else os.dup(ww)  # a grandchild keeps the end open
+        os.close(ww)
+        channel.close()  # before the loop ran the reader: the supervisor's exit path
+        assert fut_answered.result().body == b"\xa2ok"
+        with pytest.raises(ChannelLost):
+            fut_unanswered.result()
+        if held is not None:
+            os.close(held)
+        os.close(wr)
+        os.close(channel.read_fd)
+        os.close(channel.write_fd)
+
+    asyncio.run(body())

@@ -282,6 +282,14 @@ class Channel:
         """Stop watching the fds (the process handle owns and closes them)."""
         self._unclaimed.clear()
         if self._loop is not None:
+            # The process may be gone before the loop ran our reader: a reply it wrote just
+            # before dying is still in the pipe and belongs to its caller, not to the crash
+            # (the exit notice and the readable pipe come in one loop turn, in either order).
+            # Each read either consumes data or ends in EOF/an error, which loses the channel.
+            while self.lost is None and (self._pending or self._streams):
+                if not select.select([self.read_fd], [], [], 0)[0]:
+                    break  # nothing more, and not EOF yet: a child of the worker holds the end
+                self._on_readable()
             with contextlib.suppress(Exception):
                 self._loop.remove_reader(self.read_fd)
                 self._loop.remove_writer(self.write_fd)

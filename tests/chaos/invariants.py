@@ -5,7 +5,7 @@ nothing runs, every listed worker alive, full strength."""
 from __future__ import annotations
 
 import snakeden
-from snakeden._bench._chaos import pool_violations
+from snakeden._bench._chaos_load import pool_violations
 
 
 def check_pool(

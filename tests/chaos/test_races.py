@@ -23,12 +23,12 @@ from typing import Any
 import pytest
 
 import snakeden
-from snakeden._bench import _chaos
+from snakeden._bench import _chaos_load, _chaos_procs
 from snakeden._bench.chaos_worker import DIE_AFTER_HELLO_ENV
 from tests.chaos.invariants import check_pool
 from tests.conftest import run
 
-WORKER = _chaos.WORKER
+WORKER = _chaos_procs.WORKER
 
 
 def _reaped(start_method: str) -> bool:
@@ -37,14 +37,14 @@ def _reaped(start_method: str) -> bool:
     return start_method == "fork"
 
 
-async def _started(target: str = WORKER, **options: Any) -> _chaos.AsyncFront:
-    front = _chaos.AsyncFront(**options)
+async def _started(target: str = WORKER, **options: Any) -> _chaos_load.AsyncFront:
+    front = _chaos_load.AsyncFront(**options)
     await front.start(target)
     return front
 
 
-async def _close(front: _chaos.AsyncFront) -> None:
-    problem = await front.close(_chaos.CLOSE_BOUND)
+async def _close(front: _chaos_load.AsyncFront) -> None:
+    problem = await front.close(_chaos_procs.CLOSE_BOUND)
     assert problem is None, problem
 
 
@@ -82,7 +82,7 @@ def test_worker_dying_after_its_reply_is_not_handed_to_the_queued_caller(
             assert pool.stats().queued == 1
             # Hold the loop until the worker has answered and died (100 ms after answering):
             # its reply, its end of file and its exit all wait for the loop's next turn.
-            assert _chaos.wait_exit(pid, 30, reaped=_reaped(start_method))
+            assert _chaos_procs.wait_exit(pid, 30, reaped=_reaped(start_method))
             assert await first == [pid, 1]
             assert await asyncio.wait_for(queued, 30) == "queued"
             await pool.wait_ready(timeout=30)
@@ -100,7 +100,7 @@ def test_worker_dying_right_after_hello_is_replaced(
     """Bug 2: a replacement says HELLO and dies before the pool has put it in service. The pool
     must notice and start another (not keep a dead worker as ready and never replace it)."""
     flag = tmp_path / "die-after-hello"
-    log = _chaos.EventLog()
+    log = _chaos_procs.EventLog()
     dying: list[int] = []
 
     def on_event(event: snakeden.WorkerEvent) -> None:
@@ -114,7 +114,7 @@ def test_worker_dying_right_after_hello_is_replaced(
             dying.append(event.pid)
             # This runs on the pool's loop: hold it until the new worker (which takes the flag
             # in its set-up) has said HELLO and died, 100 ms later.
-            _chaos.wait_exit(event.pid, 30, reaped=_reaped(start_method))
+            _chaos_procs.wait_exit(event.pid, 30, reaped=_reaped(start_method))
 
     async def body() -> None:
         front = await _started(
@@ -156,7 +156,7 @@ def test_cancel_in_the_reply_loop_turn_keeps_the_healthy_worker() -> None:
     answered: it is healthy and must be given back (not killed after cancel_grace)."""
 
     async def body() -> None:
-        log = _chaos.EventLog()
+        log = _chaos_procs.EventLog()
         front = await _started(size=1, cancel_grace=2.0, on_event=log)
         pool = front.p
         try:
@@ -198,7 +198,7 @@ def test_call_written_to_a_worker_already_dead_is_redispatched(start_method: str
         try:
             (pid,) = pool.worker_pids()
             os.kill(pid, signal.SIGKILL)
-            assert _chaos.wait_exit(pid, 30)  # the loop is held: the pool has not seen it
+            assert _chaos_procs.wait_exit(pid, 30)  # the loop is held: the pool has not seen it
             # Awaited directly, the call takes the dead worker and writes to it at once.
             assert await pool.call("echo", "redispatched") == "redispatched"
             await pool.wait_ready(timeout=30)
@@ -214,14 +214,14 @@ def test_sync_call_to_a_worker_already_dead_is_redispatched() -> None:
     """Bug 5 on the thread front: an idle worker dies while the supervisor thread is slow to
     notice, and this thread's next call is written to the dead worker. It never ran: it must be
     re-dispatched to the replacement and succeed."""
-    log = _chaos.EventLog()
+    log = _chaos_procs.EventLog()
     with snakeden.SyncPool(WORKER, size=1, on_event=log) as pool:
         for i in range(3):
             (pid,) = pool.worker_pids()
             release = _stall_supervisor(pool)
             try:
                 os.kill(pid, signal.SIGKILL)
-                assert _chaos.wait_exit(pid, 30)  # the supervisor is held: it has not seen it
+                assert _chaos_procs.wait_exit(pid, 30)  # the supervisor is held: it has not seen it
                 result: list[Any] = []
                 caller = threading.Thread(
                     target=lambda i=i, out=result: out.append(pool.call("echo", i))

@@ -15,7 +15,7 @@ import tempfile
 import pytest
 
 import snakeden
-from snakeden._bench import _chaos
+from snakeden._bench import _chaos, _chaos_load, _chaos_procs
 from tests.conftest import run, start_host_script, survivors
 
 FRONTS = ["async", "sync"]
@@ -23,13 +23,13 @@ FRONTS = ["async", "sync"]
 SIZE = 8 if (os.cpu_count() or 1) > 2 else 4
 
 
-def check(report: _chaos.StormReport) -> None:
+def check(report: _chaos_load.StormReport) -> None:
     print(report.summary())
     assert not report.violations, report.summary()
 
 
 @pytest.mark.parametrize("front", FRONTS)
-def test_kill_storm(front: _chaos.Front) -> None:
+def test_kill_storm(front: _chaos_procs.Front) -> None:
     """2 random ready workers SIGKILLed every 25 ms for 12 rounds while 16 callers keep calls
     flowing: failures only among calls that ran on a killed worker (none on one that was idle
     when it died), every kill noticed and replaced, nothing leaked."""
@@ -37,7 +37,7 @@ def test_kill_storm(front: _chaos.Front) -> None:
 
 
 @pytest.mark.parametrize("front", FRONTS)
-def test_hang_storm(front: _chaos.Front) -> None:
+def test_hang_storm(front: _chaos_procs.Front) -> None:
     """8 calls hung in C (0.5 s timeout) among 150 normal ones: CallTimeout for exactly the hung
     ones, promptly; every other call succeeds."""
     check(run(_chaos.hang_storm(front, size=4, normal=150, hung=8, lanes=16, timeout=0.5)))
@@ -51,14 +51,14 @@ def test_cancel_storm() -> None:
 
 
 @pytest.mark.parametrize("front", FRONTS)
-def test_garbage_storm(front: _chaos.Front) -> None:
+def test_garbage_storm(front: _chaos_procs.Front) -> None:
     """12 calls write garbage or absurd length prefixes onto their reply channel among 150 normal
     ones: ProtocolError for those (no timeout needed), results for the rest, no memory blow-up."""
     check(run(_chaos.garbage_storm(front, size=4, normal=150, bad=12, lanes=16)))
 
 
 @pytest.mark.parametrize("front", FRONTS)
-def test_start_close_cycles(front: _chaos.Front) -> None:
+def test_start_close_cycles(front: _chaos_procs.Front) -> None:
     """4 cycles of start, calls, close: idle, draining calls in flight, failing queued ones with
     cancel_pending, right after a worker was killed; nothing left behind after each."""
     check(run(_chaos.cycle_storm(front, cycles=4, size=2)))
@@ -93,6 +93,6 @@ def test_host_sigkill_under_load_leaves_nothing(monkeypatch: pytest.MonkeyPatch)
         # What the workers started dies with them (the run's watcher), or else the next pool
         # reaps it.
         monkeypatch.setenv("SNAKEDEN_RUNTIME_DIR", runtime)
-        with snakeden.SyncPool(_chaos.WORKER, size=1) as pool:
+        with snakeden.SyncPool(_chaos_procs.WORKER, size=1) as pool:
             assert pool.call("echo", 1) == 1
         assert survivors(grandchildren) == []

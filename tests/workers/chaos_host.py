@@ -10,7 +10,7 @@ import os
 import sys
 
 import snakeden
-from snakeden._bench._chaos import WORKER
+from snakeden._bench._chaos_procs import WORKER
 
 
 async def main() -> None:

@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     process exit status."""
     # Lazily: workers import snakeden._bench.workers / peer_tasks and must not pay for this.
     if argv and "--soak" in argv:
-        from snakeden._bench._chaos import soak_main
+        from snakeden._bench._soak import soak_main
 
         return soak_main(argv)
     from snakeden._bench._harness import main as _main
