@@ -429,8 +429,10 @@ def test_past_session_hold_the_worker_is_recycled_and_its_session_lost() -> None
 
     clock = Clock()
     recycled = threading.Event()
+    seen: list[str] = []  # shown if the worker is recycled too early
 
     def on_event(event: snakeden.WorkerEvent) -> None:
+        seen.append(f"{event.kind} {event.worker_id} {event.detail}")
         if event.kind == "recycled":
             recycled.set()
 
@@ -444,7 +446,7 @@ def test_past_session_hold_the_worker_is_recycled_and_its_session_lost() -> None
             pid = s.call("whoami")[1]
             for i in range(4):  # past max_calls: the replacement starts, this worker is held
                 s.call("put", str(i), i)
-            assert s.call("whoami")[1] == pid and not recycled.is_set()
+            assert s.call("whoami")[1] == pid and not recycled.is_set(), "; ".join(seen)
             clock.now += 31  # past the hold
             assert recycled.wait(60)
             with pytest.raises(snakeden.SessionLost, match="retired"):

@@ -129,8 +129,8 @@ class PoolOptions(TypedDict, total=False):
     Health and recycling:
 
     * ``max_calls``, ``max_age``, ``max_memory`` (default: none): recycle a worker after N calls
-      (±10% jitter), T seconds, or USS bytes; ``memory_check_interval`` (default 2 s): how
-      often ``max_memory`` is checked.
+      (±10% jitter from 10 calls up, exact below), T seconds, or USS bytes;
+      ``memory_check_interval`` (default 2 s): how often ``max_memory`` is checked.
     * ``health_interval`` (default 10 s; ``None``: off), ``ping_timeout`` (default 5 s): idle
       workers are pinged; a silent or stopped one is replaced.
     * ``restart_backoff`` (default 0.05 s), ``restart_backoff_max`` (default 5 s): the wait

@@ -178,9 +178,11 @@ class Supervisor:
     def new_handle(self) -> WorkerHandle:
         max_calls = self.config.max_calls
         if max_calls is not None:
-            # +-10% jitter, so workers started together do not all recycle together.
-            spread = max(1, max_calls // 10)
-            max_calls = max(1, max_calls + random.randint(-spread, spread))
+            # +-10% jitter, so workers started together do not all recycle together. Not below
+            # 10 calls: +-1 there would be up to +-50%, and a small limit is meant exactly.
+            spread = max_calls // 10
+            if spread:
+                max_calls += random.randint(-spread, spread)
         return WorkerHandle(f"w{next(_ids)}", self.clock(), max_calls)
 
     async def start_worker(
