@@ -18,6 +18,7 @@ import os
 import pathlib
 import signal
 import tempfile
+import threading
 from typing import Any
 
 import psutil
@@ -51,51 +52,123 @@ class RunRecord:
 
     Two keepers share it: the file a later pool reads if this host dies (``reap_leftovers``),
     and, once :meth:`watch` has started it, the run's watcher process, which acts at the very
-    moment this host dies (``_watcher.py``)."""
+    moment this host dies (``_watcher.py``).
+
+    The watcher hears of each pid at once. The file is written at once only while it does not
+    exist yet (the pool's start); after that a thread of the record's own rewrites it, a moment
+    (``SETTLE``) after a change, so that the changes of one event (a crashed worker's exit and
+    its replacement's start) make one write, after the replacement is under way. A rewrite
+    (write, then rename over the old file) takes milliseconds on a disk file system, which the
+    loop spent before starting a replacement when it wrote the file itself. A reaper that reads
+    a file some pids behind loses nothing: it also kills every process carrying the run tag.
+    """
+
+    #: Seconds between a change and the rewrite that shows it.
+    SETTLE = 0.05
 
     def __init__(self, run_tag: str, directory: pathlib.Path | None = None) -> None:
         self.run_tag = run_tag
         self.directory = directory or runtime_dir()
         self.path = self.directory / f"{run_tag}.json"
-        self.pids: set[int] = set()
+        self.pids: set[int] = set()  # changed under _state only (the writer reads it)
         self.watcher: Watcher | None = None
+        self._state = threading.Condition()  # guards pids and what follows
+        self._written = False  # the file exists: later changes go through the writer
+        self._pending = False  # a change the file does not show yet
+        self._closed = False
+        self._writer: threading.Thread | None = None
+        self._io = threading.Lock()  # one rewrite of the file at a time
+        self._host: tuple[int, float | None] = (0, None)  # (pid, start time), once per process
 
     def watch(self) -> None:
         """Start the watcher (never fails: a watcher that cannot start only logs)."""
         self.watcher = Watcher.start(self.run_tag)
 
     def write(self) -> None:
-        data = {
-            "run_tag": self.run_tag,
-            "host_pid": os.getpid(),
-            "host_start": _start_time(os.getpid()),
-            "pids": sorted(self.pids),
-        }
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data))
-            tmp.replace(self.path)
-        except OSError as exc:  # a read-only or full disk must not stop the pool
-            log.debug("cannot write run record %s: %s", self.path, exc)
+        """Write the file now, with the pids known at this moment."""
+        with self._state:
+            if self._closed:
+                return
+            self._written = True
+            self._pending = False
+            pids = sorted(self.pids)
+        self._write(pids)
+
+    def _write(self, pids: list[int]) -> None:
+        pid, started = self._host
+        if pid != os.getpid():
+            pid = os.getpid()
+            started = _start_time(pid)
+            self._host = (pid, started)
+        data = {"run_tag": self.run_tag, "host_pid": pid, "host_start": started, "pids": pids}
+        with self._io:
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+                tmp = self.path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(data))
+                tmp.replace(self.path)
+            except OSError as exc:  # a read-only or full disk must not stop the pool
+                log.debug("cannot write run record %s: %s", self.path, exc)
 
     def add(self, pid: int) -> None:
-        self.pids.add(pid)
-        self.write()
+        with self._state:
+            self.pids.add(pid)
+        self._changed()
         if self.watcher is not None:
             self.watcher.add(pid)
 
     def discard(self, pid: int) -> None:
         """Forget an exited process, so the record stays as small as the live pool."""
-        if pid in self.pids:
+        with self._state:
+            known = pid in self.pids
             self.pids.discard(pid)
-            self.write()
+        if known:
+            self._changed()
         if self.watcher is not None:
             self.watcher.discard(pid)
+
+    def _changed(self) -> None:
+        with self._state:
+            if self._closed:
+                return
+            if self._written:
+                self._pending = True
+                if self._writer is not None:
+                    self._state.notify()
+                    return
+                self._writer = threading.Thread(
+                    target=self._keep, name="snakeden-run-record", daemon=True
+                )
+                writer = self._writer
+            else:
+                writer = None
+        if writer is None:
+            self.write()
+        else:
+            writer.start()  # once per record; it finds the change pending
+
+    def _keep(self) -> None:
+        """The writer thread: rewrite the file a moment after each change, until removed."""
+        while True:
+            with self._state:
+                while not self._pending and not self._closed:
+                    self._state.wait()
+                # wait_for, not a sleep: remove() does not wait the moment out.
+                if self._state.wait_for(lambda: self._closed, self.SETTLE):
+                    return  # the file is about to go: nothing more to write
+                self._pending = False
+                pids = sorted(self.pids)
+            self._write(pids)
 
     def remove(self) -> None:
         """The run ended cleanly: no record for a reaper, and the watcher leaves, killing
         nothing."""
+        with self._state:
+            self._closed = True
+            self._state.notify()
+            writer = self._writer
+        if writer is not None and writer.ident is not None:
+            writer.join()  # a rewrite in progress must not bring the file back
         with contextlib.suppress(OSError):
             self.path.unlink()
         if self.watcher is not None:
