@@ -72,12 +72,14 @@ class RunRecord:
         self.path = self.directory / f"{run_tag}.json"
         self.pids: set[int] = set()  # changed under _state only (the writer reads it)
         self.watcher: Watcher | None = None
-        self._state = threading.Condition()  # guards pids and what follows
+        self._state = threading.Condition()  # guards pids and the counts below
+        self._changes = 0  # changes of pids so far
+        self._taken = 0  # ... that the last write started from
+        self._shown = 0  # ... that the file shows (or that a failed write tried to)
         self._written = False  # the file exists: later changes go through the writer
-        self._pending = False  # a change the file does not show yet
         self._closed = False
         self._writer: threading.Thread | None = None
-        self._io = threading.Lock()  # one rewrite of the file at a time
+        self._io = threading.Lock()  # one rewrite at a time, each newer than the last
         self._host: tuple[int, float | None] = (0, None)  # (pid, start time), once per process
 
     def watch(self) -> None:
@@ -86,22 +88,19 @@ class RunRecord:
 
     def write(self) -> None:
         """Write the file now, with the pids known at this moment."""
-        with self._state:
-            if self._closed:
-                return
-            self._written = True
-            self._pending = False
-            pids = sorted(self.pids)
-        self._write(pids)
-
-    def _write(self, pids: list[int]) -> None:
-        pid, started = self._host
-        if pid != os.getpid():
-            pid = os.getpid()
-            started = _start_time(pid)
-            self._host = (pid, started)
-        data = {"run_tag": self.run_tag, "host_pid": pid, "host_start": started, "pids": pids}
         with self._io:
+            with self._state:
+                if self._closed:
+                    return
+                self._written = True
+                taken = self._taken = self._changes
+                pids = sorted(self.pids)
+            pid, started = self._host
+            if pid != os.getpid():
+                pid = os.getpid()
+                started = _start_time(pid)
+                self._host = (pid, started)
+            data = {"run_tag": self.run_tag, "host_pid": pid, "host_start": started, "pids": pids}
             try:
                 self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
                 tmp = self.path.with_suffix(".tmp")
@@ -109,6 +108,16 @@ class RunRecord:
                 tmp.replace(self.path)
             except OSError as exc:  # a read-only or full disk must not stop the pool
                 log.debug("cannot write run record %s: %s", self.path, exc)
+            with self._state:
+                self._shown = taken
+                self._state.notify_all()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the file shows every change made so far (or the record is removed);
+        False if ``timeout`` passed first."""
+        with self._state:
+            target = self._changes
+            return self._state.wait_for(lambda: self._shown >= target or self._closed, timeout)
 
     def add(self, pid: int) -> None:
         with self._state:
@@ -131,41 +140,38 @@ class RunRecord:
         with self._state:
             if self._closed:
                 return
-            if self._written:
-                self._pending = True
-                if self._writer is not None:
-                    self._state.notify()
-                    return
-                self._writer = threading.Thread(
+            self._changes += 1
+            if not self._written:
+                writer = None
+            elif self._writer is not None:
+                self._state.notify_all()
+                return
+            else:
+                writer = self._writer = threading.Thread(
                     target=self._keep, name="snakeden-run-record", daemon=True
                 )
-                writer = self._writer
-            else:
-                writer = None
         if writer is None:
             self.write()
         else:
-            writer.start()  # once per record; it finds the change pending
+            writer.start()  # once per record; it finds the change waiting
 
     def _keep(self) -> None:
         """The writer thread: rewrite the file a moment after each change, until removed."""
         while True:
             with self._state:
-                while not self._pending and not self._closed:
+                while self._taken == self._changes and not self._closed:
                     self._state.wait()
                 # wait_for, not a sleep: remove() does not wait the moment out.
                 if self._state.wait_for(lambda: self._closed, self.SETTLE):
                     return  # the file is about to go: nothing more to write
-                self._pending = False
-                pids = sorted(self.pids)
-            self._write(pids)
+            self.write()
 
     def remove(self) -> None:
         """The run ended cleanly: no record for a reaper, and the watcher leaves, killing
         nothing."""
         with self._state:
             self._closed = True
-            self._state.notify()
+            self._state.notify_all()
             writer = self._writer
         if writer is not None and writer.ident is not None:
             writer.join()  # a rewrite in progress must not bring the file back
