@@ -57,14 +57,15 @@ class RunRecord:
     The watcher hears of each pid at once. The file is written at once only while it does not
     exist yet (the pool's start); after that a thread of the record's own rewrites it, a moment
     (``SETTLE``) after a change, so that the changes of one event (a crashed worker's exit and
-    its replacement's start) make one write, after the replacement is under way. A rewrite
-    (write, then rename over the old file) takes milliseconds on a disk file system, which the
-    loop spent before starting a replacement when it wrote the file itself. A reaper that reads
-    a file some pids behind loses nothing: it also kills every process carrying the run tag.
+    its replacement's start) make one write, once the replacement serves (on a loaded machine
+    too: the write's Python part holds the GIL the pool's threads want). A rewrite (write, then
+    rename over the old file) takes milliseconds on a disk file system, which the loop spent
+    before starting a replacement when it wrote the file itself. A reaper that reads a file
+    some pids behind loses nothing: it also kills every process carrying the run tag.
     """
 
     #: Seconds between a change and the rewrite that shows it.
-    SETTLE = 0.05
+    SETTLE = 0.5
 
     def __init__(self, run_tag: str, directory: pathlib.Path | None = None) -> None:
         self.run_tag = run_tag
