@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from typing import Any
@@ -116,6 +117,23 @@ def test_a_live_hosts_record_is_left_alone() -> None:
             child.kill()
             child.wait()
             rec.remove()
+
+
+def test_the_record_file_follows_the_pids_and_goes_with_the_pool() -> None:
+    with tempfile.TemporaryDirectory() as runtime:
+        rec = RunRecord(f"{os.getpid()}-follows", pathlib.Path(runtime))
+        rec.write()  # the pool's start: the file exists at once
+        assert json.loads(rec.path.read_text())["pids"] == []
+        # Later changes are written by the record's own thread, several in one write.
+        rec.add(11)
+        rec.add(12)
+        rec.discard(11)
+        assert rec.flush(60)
+        assert json.loads(rec.path.read_text())["pids"] == [12]
+        rec.add(13)  # still to be written when the pool closes: it must not bring the file back
+        rec.remove()
+        assert not rec.path.exists()
+        assert not [t for t in threading.enumerate() if t.name == "snakeden-run-record"]
 
 
 # --- the run watcher: what workers started dies with the host, within milliseconds ---------------

@@ -38,7 +38,7 @@ from typing import Any
 import msgpack
 
 from snakeden._protocol import PICKLE, Frame, decode_body, encode_body
-from snakeden._shm import SHM_DIR
+from snakeden._shm import worker_file
 
 EXT_REGION = 42
 ALIGN = 64
@@ -59,21 +59,23 @@ def _aligned(n: int) -> int:
 DIRS = ("in", "out")
 
 
-def region_path(run_tag: str, worker_id: str, direction: str) -> pathlib.Path:
+def region_path(run_tag: str, worker_id: str, direction: str) -> str:
     """``direction``: ``"in"`` (host to worker) or ``"out"`` (worker to host)."""
-    return SHM_DIR / f"snakeden-{run_tag}-{worker_id}.{direction}"
+    return worker_file(run_tag, worker_id, direction)
 
 
 class Region:
     """One direction's shared file, mapped; written by one side, read by the other."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, *, close_with_it: bool = True) -> None:
         self.fd = fd
         self._map: mmap.mmap | None = None
         self._view: memoryview | None = None
         self.mapped = 0
-        # The fd goes with the last reference (a dead worker's handle): nothing to close by hand.
-        weakref.finalize(self, _close_fd, fd)
+        if close_with_it:
+            # The fd goes with the last reference (a dead worker's handle): nothing to close by
+            # hand.
+            weakref.finalize(self, _close_fd, fd)
 
     @classmethod
     def open(cls, path: pathlib.Path | str, *, create: bool) -> Region | None:
@@ -283,10 +285,18 @@ class WorkerSide:
         threshold = os.environ.get(ENV)
         if not threshold or not run_tag or not worker_id:
             return None
-        regions = [Region.open(region_path(run_tag, worker_id, d), create=False) for d in DIRS]
-        if regions[0] is None or regions[1] is None:
+        fds: list[int] = []
+        try:
+            for direction in DIRS:
+                fds.append(os.open(region_path(run_tag, worker_id, direction), os.O_RDWR))
+        except OSError:
+            for fd in fds:
+                _close_fd(fd)
             return None
-        return cls(int(threshold), regions[0], regions[1])
+        # Mapped for the worker's whole life, so no finalizer: on a forked worker's way to its
+        # HELLO, weakref.finalize's first use costs page faults (copy-on-write) for nothing.
+        region_in, region_out = (Region(fd, close_with_it=False) for fd in fds)
+        return cls(int(threshold), region_in, region_out)
 
     def decode(self, frame: Frame) -> Any:
         reading(self.region_in)

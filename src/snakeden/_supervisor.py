@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import random
 import signal
 import sys
@@ -242,7 +243,7 @@ class Supervisor:
             # Both sides have them open by the HELLO (or never will): no file to leave behind.
             for path in (begun, *paths):
                 with contextlib.suppress(OSError):
-                    path.unlink()
+                    os.unlink(path)
 
     async def _launch_and_handshake_with(self, w: WorkerHandle, slot: memoryview | None) -> None:
         proc = await self.launcher.launch(self.spec(w.id))  # WorkerStartError: no interpreter

@@ -45,7 +45,9 @@ def route_logging() -> None:
     if not root.handlers:
         root.addHandler(_HostLogHandler(sys.stderr))
         with contextlib.suppress(ValueError):
-            root.setLevel(int(os.environ.get(LOG_LEVEL_ENV, logging.WARNING)))
+            level = int(os.environ.get(LOG_LEVEL_ENV, logging.WARNING))
+            if level != root.level:  # setLevel clears every logger's cache: pages to copy
+                root.setLevel(level)
         return
     for handler in list(root.handlers):
         if (

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import mmap
 import os
 import sys
 import threading
@@ -100,7 +101,9 @@ class _Server:
         self.calls = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self.decoder = FrameDecoder(max_frame_size)
-        self.buf = bytearray(_READ_SIZE)
+        # Anonymous memory, not a bytearray: its pages exist only once a read fills them. A
+        # bytearray is zeroed at once, 256 page faults on a new worker's way to its HELLO.
+        self.buf = mmap.mmap(-1, _READ_SIZE)
         self.view = memoryview(self.buf)
         # Frames read while a call ran (by its Link) that the serving loop handles next, in
         # order; None: end of file.
@@ -490,7 +493,6 @@ def serve(
             # reach the user twice (the host logs our stderr).
             print(f"snakeden worker {worker_id}: start-up failed\n{tb}", file=sys.stderr)
         return EXIT_STARTUP_FAILED
-    route_logging()
     server = _Server(rfd, wfd, commands, max_frame_size, worker_id)
     server.concurrency = _commands.declared_concurrency()
     if server.concurrency > 1:
@@ -498,8 +500,6 @@ def serve(
     # Advertised only where OpenTelemetry can be imported: a host never sends a context to a
     # worker that would have to ignore it.
     traced = _tracing.available()
-    if traced:
-        _tracing.preload()
     hello = hello_body(
         pid=os.getpid(),
         runtime=f"python {sys.version.split()[0]}",
@@ -520,6 +520,12 @@ def serve(
     )
     try:
         server.send(Kind.HELLO, 0, encode_body(hello))
+        # What the HELLO does not depend on comes after it, off the host's wait for a new
+        # worker (a replacement's, after a crash). No user code runs in between, so this is
+        # still "after the module's set-up" for route_logging.
+        route_logging()
+        if traced:
+            _tracing.preload()
         return server.run()
     except BrokenPipeError:
         return 0  # the host closed its end of the channel: like EOF, nobody is left to answer
