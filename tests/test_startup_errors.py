@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import snakeden
-from snakeden import _template
+from snakeden import _template_proc
 from snakeden._output import LOG_MARK, OutputTail, log_line
 from snakeden._process import host_import_path, python_diagnosis, same_python, target_origin
 from tests.conftest import run
@@ -369,12 +369,12 @@ def _fake_threadpoolctl(pools: list[dict[str, Any]]) -> types.ModuleType:
 def test_thread_warning_tells_safe_pools_from_hazards(monkeypatch: pytest.MonkeyPatch) -> None:
     openblas = {"internal_api": "openblas", "threading_layer": "pthreads", "num_threads": 4}
     gomp = {"internal_api": "openmp", "prefix": "libgomp", "num_threads": 4}
-    monkeypatch.setattr(_template, "_native_threads", lambda: 4)
+    monkeypatch.setattr(_template_proc, "_native_threads", lambda: 4)
     monkeypatch.setitem(sys.modules, "threadpoolctl", _fake_threadpoolctl([openblas]))
-    assert _template.thread_warning() is None
+    assert _template_proc.thread_warning() is None
     monkeypatch.setitem(sys.modules, "threadpoolctl", _fake_threadpoolctl([gomp]))
-    assert "GNU OpenMP" in str(_template.thread_warning())
+    assert "GNU OpenMP" in str(_template_proc.thread_warning())
     monkeypatch.setitem(sys.modules, "threadpoolctl", None)  # not installed
-    assert "install threadpoolctl" in str(_template.thread_warning())
-    monkeypatch.setattr(_template, "_native_threads", lambda: 1)
-    assert _template.thread_warning() is None
+    assert "install threadpoolctl" in str(_template_proc.thread_warning())
+    monkeypatch.setattr(_template_proc, "_native_threads", lambda: 1)
+    assert _template_proc.thread_warning() is None
