@@ -394,7 +394,10 @@ class SyncPool(cf.Executor):
             try:
                 for _lane, fut in lanes:
                     fut.result(None if end is None else end - time.monotonic())
-                yield from job.each()
+                done, error = job.each()
+                yield from done
+                if error is not None:
+                    raise error
             finally:
                 for lane, _fut in lanes:
                     lane.cancelled = True
