@@ -14,7 +14,15 @@ from typing import Any
 import pytest
 
 import snakeden
-from snakeden._mapping import AUTO_MAX_CHUNK, auto_chunksize
+from snakeden._mapping import (
+    AUTO_MAX_CHUNK,
+    MAP_DEPTH,
+    MAP_DEPTH_MAX,
+    MAP_DEPTH_MIN,
+    MAP_QUEUED_S,
+    MapJob,
+    auto_chunksize,
+)
 from snakeden._protocol import Flag, Kind, decode_body, encode_body, encode_header
 from tests.conftest import run
 from tests.rendezvous import Rendezvous
@@ -60,6 +68,21 @@ def test_auto_chunksize_rule() -> None:
     assert auto_chunksize(10**7, 2) == AUTO_MAX_CHUNK
 
 
+def test_chunks_in_flight_follow_the_chunk_time() -> None:
+    """The rule of _mapping's docstring: MAP_DEPTH until a chunk's time is known, then as many
+    as hold MAP_QUEUED_S of work, within the bounds. (No pool: an empty job needs none.)"""
+    job = MapJob(None, "echo", [], 1, None, flat=False)  # type: ignore[arg-type]
+    assert job.depth() == MAP_DEPTH
+    job.timed(MAP_QUEUED_S / 10)
+    assert job.depth() == 10
+    for _ in range(50):  # the estimate is smoothed: it follows a change within a few chunks
+        job.timed(MAP_QUEUED_S * 10)
+    assert job.depth() == MAP_DEPTH_MIN
+    for _ in range(50):
+        job.timed(MAP_QUEUED_S / 1000)
+    assert job.depth() == MAP_DEPTH_MAX
+
+
 @pytest.mark.parametrize("front", FRONTS)
 @pytest.mark.parametrize("chunksize", [None, 1, 7])
 def test_results_in_order(front: str, chunksize: int | None) -> None:
@@ -71,6 +94,7 @@ def test_results_in_order(front: str, chunksize: int | None) -> None:
                 2 * x for x in items
             ]
             assert list(pool.map("later", items, chunksize=chunksize)) == items
+            assert list(pool.map("deferred", items, chunksize=chunksize)) == items
             assert list(pool.map("twice", [], chunksize=chunksize)) == []
         return
 
@@ -81,6 +105,7 @@ def test_results_in_order(front: str, chunksize: int | None) -> None:
             got = await pool.map("add", pairs, chunksize=chunksize, star=True)
             assert got == [x + 1 for x in items]
             assert await pool.map("later", items, chunksize=chunksize) == items
+            assert await pool.map("deferred", items, chunksize=chunksize) == items
             assert await pool.map("twice", [], chunksize=chunksize) == []
 
     run(body())

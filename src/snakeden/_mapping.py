@@ -1,11 +1,15 @@
 """``map`` for both fronts: chunks as single frames, several in flight per worker.
 
 A map cuts its items into chunks; each chunk is one BATCH call (one frame each way, one tight
-loop in the worker, see ``worker._run_batch``). One *lane* per worker leases a worker and keeps up
-to ``MAP_DEPTH`` chunks in flight on it, sending the next chunk as each reply comes in, so the
-worker never idles while the host turns a reply into the next request. A lane gives its worker
-back as soon as another caller queues for one (it stops sending, lets what is in flight finish,
-and releases), so a long map does not starve other calls.
+loop in the worker, see ``worker._run_batch``). One *lane* per worker leases a worker and keeps
+several chunks in flight on it, sending more as replies come in, so the worker never idles while
+the host turns a reply into the next request. How many: enough to hold ``MAP_QUEUED_S`` of the
+worker's work (``MapJob.depth``, from the time a chunk takes), between ``MAP_DEPTH_MIN`` and
+``MAP_DEPTH_MAX``. Tiny chunks need many in flight (the host's reaction time on a loaded machine
+is longer than a chunk of trivial calls), slow ones few (what is queued on a worker is what a
+caller arriving later waits behind, and what the other lanes cannot take at the end of a map).
+A lane gives its worker back as soon as another caller queues for one (it stops sending, lets
+what is in flight finish, and releases), so a long map does not starve other calls.
 
 Crash isolation is that of a single call: a worker runs its calls one at a time, in order, so
 when it dies (or its running chunk times out and it is killed), only the chunk it was running
@@ -27,7 +31,7 @@ import operator
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from snakeden import _regions
@@ -43,12 +47,15 @@ if TYPE_CHECKING:
     from snakeden._core import PoolCore
     from snakeden._progress import Tracker
 
-#: Chunks in flight per worker: one running, the next ones already in its pipe.
+#: Chunks in flight per worker: one running, the next ones already in its pipe; this many until
+#: a chunk's time is known, then as many as hold MAP_QUEUED_S of work, within the bounds. A lane
+#: refills when half are left, so that several chunks go in one write.
 MAP_DEPTH = 4
-#: Refill when this few are left, so that several chunks go in one write.
-MAP_REFILL_AT = 2
+MAP_DEPTH_MIN = 2
+MAP_DEPTH_MAX = 32
+MAP_QUEUED_S = 0.005
 AUTO_CHUNKS_PER_WORKER = 4
-AUTO_MAX_CHUNK = 1024
+AUTO_MAX_CHUNK = 4096
 #: Blocking lanes only: more than one chunk in flight only while all of them fit in this many
 #: bytes, far below a pipe's capacity, so the host's write can never block while the worker
 #: blocks writing a reply the host is not reading yet.
@@ -106,6 +113,18 @@ class MapJob:
         for first in range(0, self.n, chunksize):
             self._add(first, items[first : first + chunksize], flat)
         self.waiting_lanes = 0  # this map's own lanes queued for a worker
+        self.chunk_s = 0.0  # a chunk's time on a worker, smoothed (0: none measured yet)
+
+    def depth(self) -> int:
+        """How many chunks a lane keeps in flight (see the module docstring)."""
+        if not self.chunk_s:
+            return MAP_DEPTH
+        return max(MAP_DEPTH_MIN, min(MAP_DEPTH_MAX, int(MAP_QUEUED_S / self.chunk_s)))
+
+    def timed(self, seconds: float) -> None:
+        """A chunk took ``seconds`` (from the previous reply on its worker, or from its send)."""
+        # Lanes on several threads may race here; a lost update only delays the estimate.
+        self.chunk_s = seconds if not self.chunk_s else 0.75 * self.chunk_s + 0.25 * seconds
 
     def _add(self, first: int, items: list[Any], flat: bool) -> None:
         try:
@@ -186,15 +205,14 @@ class MapJob:
         if self.bar is not None:
             self.bar.advance(len(chunk.items))
 
-    def each(self) -> Iterator[Any]:
-        """The results in input order, up to the first item that failed, which raises (as
-        ``Executor.map`` does)."""
+    def each(self) -> tuple[list[Any], BaseException | None]:
+        """The results in input order up to the first item that failed, and that item's failure
+        (None if none failed): ``Executor.map`` yields the first and then raises the second.
+        A list, not a generator, so that the caller's generator yields it from C."""
         if not self.errors:
-            yield from self.results
-            return
+            return self.results, None
         stop = min(self.errors)
-        yield from self.results[:stop]
-        raise self.errors[stop]
+        return self.results[:stop], self.errors[stop]
 
     def outcome(self) -> list[Any]:
         """The results in input order, or the failure of the first item that failed."""
@@ -253,9 +271,10 @@ async def _serve_async(job: MapJob, w: WorkerHandle, waited: float, timeout: flo
 
     def fill() -> None:
         nonlocal budget
-        if len(inflight) > MAP_REFILL_AT:
+        depth = job.depth()
+        if len(inflight) > depth // 2:
             return  # refill several at once: one write to the worker, not one per chunk
-        while budget and len(inflight) < MAP_DEPTH and not (inflight and job.others_waiting()):
+        while budget and len(inflight) < depth and not (inflight and job.others_waiting()):
             chunk = job.take()
             if chunk is None:
                 return
@@ -292,7 +311,7 @@ async def _serve_async(job: MapJob, w: WorkerHandle, waited: float, timeout: flo
         inflight.popleft()
         if outcome is not None:
             # Each chunk counts as a call; its time is since the previous reply.
-            t_prev = _count(core, w, outcome, waited, t_prev)
+            t_prev = _count(job, w, outcome, waited, t_prev)
             waited = 0.0
         try:
             outcome = job.reply(chunk, frame)
@@ -374,9 +393,10 @@ def _abandon_async(
     drain.add_done_callback(done)
 
 
-def _count(core: PoolCore, w: WorkerHandle, outcome: Outcome, waited: float, since: float) -> float:
+def _count(job: MapJob, w: WorkerHandle, outcome: Outcome, waited: float, since: float) -> float:
     now = time.perf_counter()
-    core.count(w, outcome, waited, now - since)
+    job.core.count(w, outcome, waited, now - since)
+    job.timed(now - since)
     return now
 
 
@@ -454,11 +474,12 @@ class BlockingLane:
             return
         while True:
             batch: list[bytes] = []  # refilled in one write, as the asyncio lanes do
+            depth = job.depth()
             while (
                 budget
                 and not self.cancelled
-                and len(inflight) < MAP_DEPTH
-                and (len(inflight) <= MAP_REFILL_AT or batch)
+                and len(inflight) < depth
+                and (len(inflight) <= depth // 2 or batch)
             ):
                 if inflight and (job.others_waiting() or inflight_bytes >= BLOCKING_PIPELINE_BYTES):
                     break
@@ -507,7 +528,7 @@ class BlockingLane:
             inflight.popleft()
             inflight_bytes -= len(chunk.body) + HEADER_SIZE
             if outcome is not None:
-                t_prev = _count(core, w, outcome, waited, t_prev)
+                t_prev = _count(job, w, outcome, waited, t_prev)
                 waited = 0.0
             try:
                 outcome = job.reply(chunk, replies.pop(ident))

@@ -297,7 +297,7 @@ class Pool:
         """``[cmd(x) for x in iterable]`` across the pool, results in input order.
 
         Items go in chunks, one frame per chunk, several chunks in flight per worker.
-        ``chunksize=None`` (the default) picks it: ``ceil(items / (4 * size))``, at most 1024;
+        ``chunksize=None`` (the default) picks it: ``ceil(items / (4 * size))``, at most 4096;
         ``chunksize=1`` makes one call per item; below 1 is a ``ValueError``, as for
         ``ProcessPoolExecutor.map``. ``timeout`` bounds each chunk's run; a crash or timeout
         fails the chunk that was running, and the chunks queued behind it run on another

@@ -55,7 +55,7 @@ from snakeden._protocol import (
     error_body,
     hello_body,
 )
-from snakeden._worker_batch import run_batch, run_flat
+from snakeden._worker_batch import encode_flat, run_batch, run_flat
 from snakeden._worker_bodies import (
     _clip,
     _clip_head,
@@ -418,7 +418,9 @@ class _Server:
         self, ident: int, flags: int, result: Any, name: str, *, batch: bool = False
     ) -> None:
         try:
-            if self.shared is None or batch:  # a batch's chunks may be in flight several at once
+            if batch and flags & FLAT:
+                data = encode_flat(result, flags & PICKLE, self._await)
+            elif self.shared is None or batch:  # a batch's chunks may be in flight several at once
                 data = encode_body(result, flags)
             else:
                 data = self.shared.encode(result, flags)

@@ -43,5 +43,11 @@ async def later(x: Any) -> Any:
 
 
 @snakeden.command
+def deferred(x: Any) -> Any:
+    """A sync command that returns an awaitable: the map's value is what it resolves to."""
+    return later(x)
+
+
+@snakeden.command
 def kind(x: Any) -> str:
     return type(x).__name__
