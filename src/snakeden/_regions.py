@@ -41,6 +41,9 @@ from snakeden._protocol import PICKLE, Frame, decode_body, encode_body
 from snakeden._shm import SHM_DIR
 
 EXT_REGION = 42
+#: Every encoding of a MessagePack extension value holds its type byte, so a body without this
+#: byte (one memchr) holds no region reference and its decode need not know the region.
+REF_MARK = bytes([EXT_REGION])
 ALIGN = 64
 _COUNT = struct.Struct("<I")
 #: Containers larger than this are not searched for buffers (their items go by pipe): the
@@ -276,6 +279,11 @@ class WorkerSide:
         self.threshold = threshold
         self.region_in = region_in
         self.region_out = region_out
+        # The current message's buffers, taken on its first reference. Per instance, not
+        # per thread as ext_hook's: only a worker that runs one call at a time has regions, so
+        # one thread decodes, and each call's decode then costs one attribute store.
+        self._views: list[memoryview] | None = None
+        self._hook = self._ext_hook  # one bound method: decode_body caches a hook per object
 
     @classmethod
     def open(cls, run_tag: str, worker_id: str) -> WorkerSide | None:
@@ -289,9 +297,19 @@ class WorkerSide:
         return cls(int(threshold), regions[0], regions[1])
 
     def decode(self, frame: Frame) -> Any:
-        reading(self.region_in)
-        buffers = pickle_buffers() if frame.flags & PICKLE else None
-        return decode_body(frame, ext_hook, buffers)
+        if frame.flags & PICKLE:
+            reading(self.region_in)
+            return decode_body(frame, ext_hook, pickle_buffers())
+        self._views = None
+        return decode_body(frame, self._hook)
+
+    def _ext_hook(self, code: int, data: bytes) -> Any:
+        if code != EXT_REGION:
+            return msgpack.ExtType(code, data)
+        views = self._views
+        if views is None:
+            views = self._views = self.region_in.take()
+        return bytes(views[msgpack.unpackb(data)])
 
     def encode(self, result: Any, flags: int) -> bytes:
         """A single call's RESULT body, its large buffers written to ``region_out``."""

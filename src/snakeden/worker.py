@@ -222,6 +222,24 @@ class _Server:
                 frame.id, 0, kind="decode", type_name=type(exc).__name__, message=message
             )
             return
+        if not frame.flags & _FEATURES and ctx is None and type(body) is list and len(body) == 3:
+            # A plain call (no feature flag, the exact types the host sends): the checks and
+            # steps below that cannot apply are skipped; anything else takes the general path.
+            name, args, kwargs = body
+            if type(name) is str and type(args) is list and type(kwargs) is dict and not kwargs:
+                fn = self.commands.get(name)
+                if fn is not None:
+                    self.calls += 1
+                    self.current_name = name  # for snakeden.context(), made on demand
+                    if self.threaded:
+                        _worker_context._current.get().command = name
+                    try:
+                        result = self._invoke(fn, args, kwargs)
+                    except BaseException as exc:  # as below: the call fails, not the worker
+                        self.send_error_body(frame.id, flags, self._exception_body(exc, flags))
+                        return
+                    self._reply(frame.id, flags, result, name)
+                    return
         context = None
         if frame.flags & CONTEXT and type(body) is list and len(body) == 4:
             # The caller's trace context (docs/protocol.md §6.2): taken off, the rest is an
@@ -358,7 +376,8 @@ class _Server:
             if bad is exc:
                 raise  # raised inside the command: the user's own TypeError, untouched
             raise bad from None
-        if inspect.isawaitable(bound):
+        # isawaitable() asks an ABC (about a thousand instructions); no builtin value is one.
+        if type(bound) not in _NOT_AWAITABLE and inspect.isawaitable(bound):
             return self._await(bound)
         return bound
 
@@ -415,11 +434,19 @@ class _Server:
         self, ident: int, flags: int, result: Any, name: str, *, batch: bool = False
     ) -> None:
         try:
-            if self.shared is None or batch:  # a batch's chunks may be in flight several at once
+            shared = self.shared
+            t = type(result)
+            if (
+                shared is None
+                or batch  # a batch's chunks may be in flight several at once
+                or t in _NO_BUFFERS
+                or (t is bytes and len(result) < shared.threshold)
+            ):
                 data = encode_body(result, flags)
             else:
-                data = self.shared.encode(result, flags)
-            check_frame_size(len(data), self.max_frame_size)
+                data = shared.encode(result, flags)
+            if len(data) + HEADER_SIZE > self.max_frame_size:
+                check_frame_size(len(data), self.max_frame_size)
         except BaseException as exc:  # even SystemExit from a __reduce__, as ProcessPoolExecutor
             codec = "pickle" if flags else "MessagePack"
             self.send_error(
@@ -444,6 +471,11 @@ class _BadCall(Exception):
 
 
 _LATE = (Kind.CANCEL, Kind.CREDIT, Kind.HOST_REPLY)
+# Flags of a CALL that take handle_call's general path.
+_FEATURES = BY_REFERENCE | BATCH | CONTEXT | STREAM | FLAT
+# Results that hold no buffer for a shared-memory region, whatever their size.
+_NO_BUFFERS = frozenset({bool, int, float, str, type(None)})
+_NOT_AWAITABLE = _NO_BUFFERS | {bytes, list, dict, tuple}
 
 
 def _current_id() -> int:
