@@ -55,6 +55,7 @@ from snakeden._output import tail_text
 from snakeden._process import CommandLauncher, Launcher, SpawnLauncher
 from snakeden._protocol import (
     KIND_CALL,
+    PICKLE,
     SESSION_ID,
     Frame,
     Kind,
@@ -298,7 +299,8 @@ class PoolCore:
     ) -> Any:
         """Decode a reply, return the worker (counting the outcome), and return or raise."""
         try:
-            _regions.reading(w.region_out)
+            if frame.flags & PICKLE or _regions.REF_MARK in frame.body:
+                _regions.reading(w.region_out)
             result = decode_reply(frame, name)
             if batch:
                 result = unpack_batch(result, name)
