@@ -132,13 +132,15 @@ class Channel:
         os.set_blocking(self.read_fd, True)
         os.set_blocking(self.write_fd, True)
 
-    def expect(self, ident: int) -> asyncio.Future[Frame]:
-        """A future for the reply to request ``ident`` (id 0: the worker's HELLO).
+    def expect(self, ident: int, fut: asyncio.Future[Frame] | None = None) -> asyncio.Future[Frame]:
+        """A future (``fut``, or a new one) for the reply to request ``ident`` (id 0: the
+        worker's HELLO).
 
         A reply that came for a caller cancelled meanwhile is handed to the next ``expect`` of
         the same id: the abandon path claims it instead of waiting for a reply already in."""
-        assert self.loop is not None, "channel never attached"
-        fut = self.loop.create_future()
+        if fut is None:
+            assert self.loop is not None, "channel never attached"
+            fut = self.loop.create_future()
         frame = self._unclaimed.pop(ident, None)
         if frame is not None:
             fut.set_result(frame)
