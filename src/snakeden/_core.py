@@ -314,7 +314,7 @@ class PoolCore:
     ) -> Any:
         """Decode a reply, return the worker (counting the outcome), and return or raise."""
         try:
-            if frame.flags & PICKLE or _regions.REF_MARK in frame.body:
+            if frame.flags & PICKLE or _regions.EXT_REGION in frame.body:
                 _regions.reading(w.region_out)
             result = decode_reply(frame, name)
             if batch:

@@ -40,10 +40,11 @@ import msgpack
 from snakeden._protocol import PICKLE, Frame, decode_body, encode_body
 from snakeden._shm import SHM_DIR
 
-EXT_REGION = 42
 #: Every encoding of a MessagePack extension value holds its type byte, so a body without this
-#: byte (one memchr) holds no region reference and its decode need not know the region.
-REF_MARK = bytes([EXT_REGION])
+#: byte (``EXT_REGION in body``: one memchr) holds no region reference, and its decode need not
+#: know the region. (An int, not ``b"*"``: ``bytes in bytes`` first fails to read it as an int,
+#: which costs more than the search.)
+EXT_REGION = 42
 ALIGN = 64
 _COUNT = struct.Struct("<I")
 #: Containers larger than this are not searched for buffers (their items go by pipe): the
