@@ -21,7 +21,6 @@ from typing import Any
 from snakeden import _commands, _regions, _shm, _worker_context, _worker_streams
 from snakeden import _worker_sessions as _sessions
 from snakeden import _worker_tracing as _tracing
-from snakeden._errors import RemoteError
 from snakeden._protocol import (
     BATCH,
     BY_REFERENCE,
@@ -56,16 +55,14 @@ from snakeden._protocol import (
 )
 from snakeden._worker_batch import run_batch, run_flat
 from snakeden._worker_bodies import (
+    BadCall,
     _clip,
-    _clip_head,
-    _constructor_args,
     _describe,
-    _fits,
-    _pickled,
     _shape_problem,
     _text,
+    exception_body,
 )
-from snakeden._worker_context import CallCancelled, CallContext
+from snakeden._worker_context import CallContext
 from snakeden._worker_logging import route_logging
 from snakeden._worker_os import (
     EXIT_PROTOCOL_ERROR,
@@ -390,7 +387,7 @@ class _Server:
             and exc.__traceback__ is not None
             and exc.__traceback__.tb_next is None
         ):
-            return _BadCall(str(exc))
+            return BadCall(str(exc))
         return exc
 
     def _await(self, awaitable: Any) -> Any:
@@ -398,37 +395,7 @@ class _Server:
         return self.link.run_async(awaitable, ident)
 
     def _exception_body(self, exc: BaseException, flags: int) -> dict[str, Any]:
-        # Cut what could make the ERROR frame itself too large: the host would then kill a
-        # healthy worker instead of reporting the exception. Counted in bytes, as the frame is:
-        # message and traceback get a quarter of the frame each; args, attrs and the pickle an
-        # eighth each, or are left out.
-        budget = max(256, self.max_frame_size // 4)
-        message = _clip(_text(exc), budget)
-        if isinstance(exc, _BadCall):
-            return error_body(kind="bad_call", type_name="TypeError", message=message)
-        if isinstance(exc, asyncio.CancelledError | CallCancelled):
-            return error_body(kind="cancelled", type_name=type(exc).__name__, message=message)
-        if isinstance(exc, SystemExit):
-            message = f"exit code {exc.code!r}"
-        tb = _clip_head(_text("".join(traceback.format_exception(exc))), budget)
-        cls = type(exc)
-        if issubclass(cls, RemoteError) and len(cls.__bases__) == 2:
-            cls = cls.__bases__[1]  # a host function's error, passed on: report its own class
-        small = budget // 2
-        args = _constructor_args(exc)
-        state = getattr(exc, "__dict__", None) or {}
-        attrs = {k: v for k, v in state.items() if isinstance(k, str) and _fits(v, small)}
-        return error_body(
-            kind="user",
-            type_name=cls.__qualname__,
-            message=message,
-            traceback=tb,
-            module=cls.__module__,
-            qualname=cls.__qualname__,
-            args=args if _fits(args, small) else None,
-            attrs=attrs if attrs and _fits(attrs, small) else None,
-            pickled=_pickled(exc, small) if flags & PICKLE else None,
-        )
+        return exception_body(exc, flags, self.max_frame_size)
 
     def _reply(
         self, ident: int, flags: int, result: Any, name: str, *, batch: bool = False
@@ -464,10 +431,6 @@ class _Server:
             )
             return
         self.send(KIND_RESULT, ident, data, flags)
-
-
-class _BadCall(Exception):
-    pass
 
 
 _LATE = (Kind.CANCEL, Kind.CREDIT, Kind.HOST_REPLY)
