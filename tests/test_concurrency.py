@@ -112,6 +112,29 @@ def test_queue_timeout_and_no_call_executed_after_its_caller_gave_up() -> None:
     run(body())
 
 
+def test_a_plain_queued_call_that_times_out_is_never_sent() -> None:
+    """A plain call that queues is written by the hand-off that frees a worker (QueuedCall):
+    its queue timeout fails it unsent, and no later hand-off sends it."""
+
+    async def body() -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            flag = Rendezvous(tmp)
+            log = pathlib.Path(tmp, "executed")
+            async with snakeden.Pool(FAULTS, size=1, queue_timeout=0.2, cancel_grace=0.5) as pool:
+                blocker = asyncio.create_task(pool.call("block", str(flag), 3600))
+                await flag.wait_async()
+                with pytest.raises(snakeden.QueueTimeout, match="never sent"):
+                    await pool.call("record", str(log), "timed-out")
+                s = pool.stats()
+                assert (s.queued, s.calls_rejected) == (0, 1)
+                blocker.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await blocker
+            assert not log.exists()
+
+    run(body())
+
+
 async def _call_with_queue_timeout(pool: snakeden.Pool, log: str) -> object:
     core = pool._core
     assert core is not None

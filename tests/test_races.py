@@ -25,7 +25,7 @@ import snakeden
 from snakeden._channel import Channel
 from snakeden._handle import WorkerHandle
 from snakeden._supervisor import Supervisor
-from snakeden._waiters import AsyncWaiter
+from snakeden._waiters import AsyncWaiter, QueuedCall
 from tests.conftest import run
 from tests.recorder import Recorder
 from tests.rendezvous import Rendezvous
@@ -55,10 +55,17 @@ def _core(pool: snakeden.Pool | snakeden.SyncPool) -> Any:
 # --- 1. a worker that dies between being handed to a queued caller and that caller's send ------
 
 
-@pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.parametrize(
+    ("method", "timeout"),
+    # A plain call queues as a QueuedCall, which the hand-off itself sends; a call with a
+    # timeout as an AsyncWaiter, whose task sends it once woken.
+    [("fork", None), ("spawn", None), ("fork", 60.0)],
+)
 def test_worker_dies_between_hand_off_and_send_the_call_runs_elsewhere(
-    method: str, monkeypatch: pytest.MonkeyPatch
+    method: str, timeout: float | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    waiter_class = AsyncWaiter if timeout else QueuedCall
+
     async def body() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             flag = Rendezvous(tmp)
@@ -68,7 +75,7 @@ def test_worker_dies_between_hand_off_and_send_the_call_runs_elsewhere(
                 os.mkfifo(release)
                 first = asyncio.create_task(pool.call("block_until", str(flag), release))
                 pid_of_first = int(await flag.wait_async())
-                orig_wake = AsyncWaiter.wake
+                orig_wake = waiter_class.wake
                 held: list[WorkerHandle] = []
 
                 def wake_after_death(waiter: AsyncWaiter) -> None:
@@ -77,7 +84,7 @@ def test_worker_dies_between_hand_off_and_send_the_call_runs_elsewhere(
                     w = waiter.worker
                     assert w is not None and w.pid is not None
                     held.append(w)
-                    monkeypatch.setattr(AsyncWaiter, "wake", orig_wake)
+                    monkeypatch.setattr(waiter_class, "wake", orig_wake)
                     _kill_and_wait_dead(w.pid)
 
                     async def later() -> None:
@@ -86,8 +93,8 @@ def test_worker_dies_between_hand_off_and_send_the_call_runs_elsewhere(
 
                     core.sup.spawn(later())
 
-                monkeypatch.setattr(AsyncWaiter, "wake", wake_after_death)
-                second = asyncio.create_task(pool.call("getpid"))
+                monkeypatch.setattr(waiter_class, "wake", wake_after_death)
+                second = asyncio.create_task(pool.call("getpid", timeout=timeout))
                 await asyncio.sleep(0)  # runs the second caller up to its place in the queue
                 assert pool.stats().queued == 1
                 # Only now does the first call end: its release hands the worker over.

@@ -132,13 +132,15 @@ class Channel:
         os.set_blocking(self.read_fd, True)
         os.set_blocking(self.write_fd, True)
 
-    def expect(self, ident: int) -> asyncio.Future[Frame]:
-        """A future for the reply to request ``ident`` (id 0: the worker's HELLO).
+    def expect(self, ident: int, fut: asyncio.Future[Frame] | None = None) -> asyncio.Future[Frame]:
+        """A future (``fut``, or a new one) for the reply to request ``ident`` (id 0: the
+        worker's HELLO).
 
         A reply that came for a caller cancelled meanwhile is handed to the next ``expect`` of
         the same id: the abandon path claims it instead of waiting for a reply already in."""
-        assert self.loop is not None, "channel never attached"
-        fut = self.loop.create_future()
+        if fut is None:
+            assert self.loop is not None, "channel never attached"
+            fut = self.loop.create_future()
         frame = self._unclaimed.pop(ident, None)
         if frame is not None:
             fut.set_result(frame)
@@ -185,6 +187,19 @@ class Channel:
             self._write(b"".join(batch))
 
     def _write(self, data: bytes | memoryview) -> None:
+        if not self._wbuf:
+            # Nothing waits for the pipe to drain: write now (the common case, all of it).
+            try:
+                n = os.write(self.write_fd, data)
+            except BlockingIOError:
+                n = 0
+            except OSError as exc:
+                self._lose(exc)
+                return
+            self._written += n
+            if n == len(data):
+                return
+            data = memoryview(data)[n:]
         self._wbuf.append(memoryview(data))
         if len(self._wbuf) == 1:  # else a write is already waiting for the pipe to drain
             self._on_writable()
@@ -308,8 +323,17 @@ class Channel:
         """
         if self.lost is not None:
             raise self.lost.for_request(unsent=True)
-        self._check_idle_input()
-        self.write_blocking(data, deadline)
+        if self._rpoll.poll(0):
+            self._read_idle_input()
+        if deadline is None:  # the common case, inline: one write, all of it
+            try:
+                n = os.write(self.write_fd, data)
+            except OSError as exc:
+                raise self._lost_blocking(exc, unsent=True) from None
+            if n < len(data):
+                self.write_blocking(memoryview(data)[n:], None)
+        else:
+            self.write_blocking(data, deadline)
         return self.read_reply_blocking(ident, deadline)
 
     def begin_blocking(self) -> None:
@@ -317,7 +341,8 @@ class Channel:
         ChannelLost (unsent) for a channel already lost or a worker that broke while idle."""
         if self.lost is not None:
             raise self.lost.for_request(unsent=True)
-        self._check_idle_input()
+        if self._rpoll.poll(0):
+            self._read_idle_input()
 
     def read_frames_blocking(self, deadline: float | None) -> list[Frame]:
         """One read: the frames it completed (maybe none), for a lease holder with several
@@ -340,11 +365,12 @@ class Channel:
         """Bytes written to the worker and not read by it yet."""
         return _unread(self.write_fd)
 
-    def _check_idle_input(self) -> None:
+    def _read_idle_input(self) -> None:
         """Nobody reads a blocking channel between calls: what a worker wrote while idle (a
-        late reply, garbage, end of file) is read here, before the request is written, so a
-        broken worker fails a call that provably never reached it. One poll() per call."""
-        while self._rpoll.poll(0):
+        late reply, garbage, end of file) is read before the request is written (a poll()
+        says whether there is any), so a broken worker fails a call that provably never
+        reached it."""
+        while True:
             try:
                 n = os.readv(self.read_fd, [self._rbuf])
                 if not n:
@@ -352,6 +378,8 @@ class Channel:
                 self.decoder.feed(self._rview[:n])  # late replies: dropped
             except (OSError, ProtocolViolation) as exc:
                 raise self._lost_blocking(exc, unsent=True) from None
+            if not self._rpoll.poll(0):
+                return
 
     def write_blocking(self, data: bytes | memoryview, deadline: float | None) -> None:
         view = memoryview(data)

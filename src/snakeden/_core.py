@@ -55,6 +55,7 @@ from snakeden._output import tail_text
 from snakeden._process import CommandLauncher, Launcher, SpawnLauncher
 from snakeden._protocol import (
     KIND_CALL,
+    PICKLE,
     SESSION_ID,
     Frame,
     Kind,
@@ -67,7 +68,7 @@ from snakeden._reaper import RunRecord, reap_leftovers
 from snakeden._sessions import SessionRecord
 from snakeden._stats import Outcome, PoolStats
 from snakeden._supervisor import Supervisor
-from snakeden._waiters import AsyncWaiter, ThreadWaiter
+from snakeden._waiters import AsyncWaiter, QueuedCall, ThreadWaiter
 
 if TYPE_CHECKING:
     from snakeden._tracing import CallTracer
@@ -140,6 +141,11 @@ class PoolCore:
         refuse_waiting()  # a call from a host function never queues (see _host_calls)
         return AsyncWaiter(self.loop.create_future())
 
+    def queued_call(self, name: str, flags: int, body: bytes) -> QueuedCall:
+        """The waiter of a plain call that finds no free worker (see QueuedCall)."""
+        refuse_waiting()
+        return QueuedCall(self.loop.create_future(), name, flags, body)
+
     @staticmethod
     def _thread_waiter() -> ThreadWaiter:
         refuse_waiting()
@@ -158,23 +164,33 @@ class PoolCore:
             self.sup.call_soon(self.sup.grow)
         assert isinstance(got, AsyncWaiter)
         t0 = time.perf_counter()
-        timer = None
-        if queue_timeout is not None:
-            timer = self.loop.call_later(queue_timeout, got.fail, self.queue_timeout_error(0))
+        timer = self.queue_timer(got, queue_timeout)
         try:
             w = await got.fut
         except QueueTimeout:
-            late, drained = self.checkout.give_up(got)
-            self._after_give_up(late, drained)
-            raise self.queue_timeout_error(time.perf_counter() - t0) from None
+            raise self.gave_up(got, t0) from None
         except asyncio.CancelledError:
-            late, drained = self.checkout.give_up(got, cancelled=True)
-            self._after_give_up(late, drained)
+            self.gave_up(got)
             raise
         finally:
             if timer is not None:
                 timer.cancel()
         return w, time.perf_counter() - t0
+
+    def queue_timer(
+        self, got: AsyncWaiter, queue_timeout: float | None
+    ) -> asyncio.TimerHandle | None:
+        """Fail ``got`` with QueueTimeout after ``queue_timeout``, unless cancelled before."""
+        if queue_timeout is None:
+            return None
+        return self.loop.call_later(queue_timeout, got.fail, self.queue_timeout_error(0))
+
+    def gave_up(self, got: AsyncWaiter, t0: float | None = None) -> QueueTimeout:
+        """A queued caller stopped waiting: its queue timeout since ``t0`` (the error to raise),
+        or its cancellation (t0 None)."""
+        late, drained = self.checkout.give_up(got, cancelled=t0 is None)
+        self._after_give_up(late, drained)
+        return self.queue_timeout_error(0.0 if t0 is None else time.perf_counter() - t0)
 
     def checkout_blocking(
         self, queue_timeout: float | None, session: SessionRecord | None = None
@@ -298,7 +314,8 @@ class PoolCore:
     ) -> Any:
         """Decode a reply, return the worker (counting the outcome), and return or raise."""
         try:
-            _regions.reading(w.region_out)
+            if frame.flags & PICKLE or _regions.EXT_REGION in frame.body:
+                _regions.reading(w.region_out)
             result = decode_reply(frame, name)
             if batch:
                 result = unpack_batch(result, name)

@@ -18,12 +18,13 @@ from snakeden._calls import Command
 from snakeden._channel import ChannelLost
 from snakeden._config import PoolOptions, make_config
 from snakeden._core import PoolCore
-from snakeden._errors import CallTimeout, PoolClosed, SessionExpired
+from snakeden._errors import CallTimeout, PoolClosed, QueueTimeout, SessionExpired
 from snakeden._handle import Cause, WorkerHandle
 from snakeden._protocol import FEATURE_CANCEL, KIND_CALL, Kind, encode_frame, encode_header
 from snakeden._sessions import Affinity, SessionRecord, check_affinity, session_ttl
 from snakeden._stats import Outcome, PoolStats
 from snakeden._streams import Stream
+from snakeden._waiters import QueuedCall
 
 _UNSET: Any = object()
 
@@ -156,28 +157,60 @@ class Pool:
         cfg = self.config
         name, flags, body = core.encode_call(cmd, args, kwargs, batch=batch)
         timeout = cfg.call_timeout if timeout is _UNSET else timeout
+        plain = type(body) is bytes and core.tracing is None and session is None
         attempt = 0
         while True:
-            w, waited = await core.checkout_async(cfg.queue_timeout, session)
-            t1 = time.perf_counter()
-            w.current_command = name  # for the live view (snakeden top)
-            channel = w.channel
-            assert channel is not None
-            ident = channel.next_id()
-            if type(body) is bytes and core.tracing is None and session is None:
-                data = encode_header(KIND_CALL, ident, len(body), flags) + body
-            else:  # shared memory, tracing or a session: core.call_frame says it once
-                data = core.call_frame(w, name, ident, flags, body, waited, attempt, session)
-            fut = channel.expect(ident)
-            channel.send(data, ident)
+            queued = None
+            if plain and timeout is None and attempt == 0:
+                # Queued, it is sent by the step that frees a worker (QueuedCall).
+                got, grow = core.checkout.acquire(lambda: core.queued_call(name, flags, body))
+                if isinstance(got, WorkerHandle):
+                    w, waited = got, 0.0
+                else:
+                    assert isinstance(got, QueuedCall)
+                    queued = got
+                    if grow:
+                        core.sup.call_soon(core.sup.grow)
+            else:
+                w, waited = await core.checkout_async(cfg.queue_timeout, session)
             timer = None
-            if timeout is not None:
-                timer = core.loop.call_later(timeout, _expire, fut)
+            if queued is None:
+                t1 = time.perf_counter()
+                w.current_command = name  # for the live view (snakeden top)
+                channel = w.channel
+                assert channel is not None
+                ident = channel.next_id()
+                if plain:
+                    data = encode_header(KIND_CALL, ident, len(body), flags) + body
+                else:  # shared memory, tracing or a session: core.call_frame says it once
+                    data = core.call_frame(w, name, ident, flags, body, waited, attempt, session)
+                fut = channel.expect(ident)
+                channel.send(data, ident)
+                if timeout is not None:
+                    timer = core.loop.call_later(timeout, _expire, fut)
+            else:
+                t0 = time.perf_counter()
+                fut = queued.fut
+                timer = core.queue_timer(queued, cfg.queue_timeout)
             try:
-                frame = await fut
+                try:
+                    frame = await fut
+                finally:
+                    if queued is not None:
+                        if timer is not None:
+                            timer.cancel()
+                        if queued.ident:  # sent: from here on, as a call sent above
+                            w, ident, t1 = queued.lease()
+                            waited = t1 - t0
+            except QueueTimeout:  # never sent (queued.fail ignores the timer once it is)
+                assert queued is not None
+                raise core.gave_up(queued, t0) from None
             except asyncio.CancelledError:
                 if timer is not None:
                     timer.cancel()
+                if queued is not None and not queued.ident:
+                    core.gave_up(queued)  # never sent: only its place in the queue to give up
+                    raise
                 if fut.done() and not fut.cancelled() and fut.exception() is None:
                     # The reply was already in: the worker is free, only the caller went away.
                     core.release(w, "cancelled", waited, time.perf_counter() - t1)
@@ -193,6 +226,7 @@ class Pool:
                         f"{name!r} did not finish within {timeout}s; it was cancelled in worker "
                         f"{w.id} (pid {w.pid}), which serves its other calls on"
                     ) from None
+                assert channel is not None  # a call with a timeout is never a QueuedCall
                 channel.forget(ident)
                 raise core.call_timed_out(w, name, timeout, waited, t1) from None
             except ChannelLost as lost:

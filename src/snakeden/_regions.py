@@ -40,6 +40,10 @@ import msgpack
 from snakeden._protocol import PICKLE, Frame, decode_body, encode_body
 from snakeden._shm import worker_file
 
+#: Every encoding of a MessagePack extension value holds its type byte, so a body without this
+#: byte (``EXT_REGION in body``: one memchr) holds no region reference, and its decode need not
+#: know the region. (An int, not ``b"*"``: ``bytes in bytes`` first fails to read it as an int,
+#: which costs more than the search.)
 EXT_REGION = 42
 ALIGN = 64
 _COUNT = struct.Struct("<I")
@@ -278,6 +282,11 @@ class WorkerSide:
         self.threshold = threshold
         self.region_in = region_in
         self.region_out = region_out
+        # The current message's buffers, taken on its first reference. Per instance, not
+        # per thread as ext_hook's: only a worker that runs one call at a time has regions, so
+        # one thread decodes, and each call's decode then costs one attribute store.
+        self._views: list[memoryview] | None = None
+        self._hook = self._ext_hook  # one bound method: decode_body caches a hook per object
 
     @classmethod
     def open(cls, run_tag: str, worker_id: str) -> WorkerSide | None:
@@ -299,9 +308,19 @@ class WorkerSide:
         return cls(int(threshold), region_in, region_out)
 
     def decode(self, frame: Frame) -> Any:
-        reading(self.region_in)
-        buffers = pickle_buffers() if frame.flags & PICKLE else None
-        return decode_body(frame, ext_hook, buffers)
+        if frame.flags & PICKLE:
+            reading(self.region_in)
+            return decode_body(frame, ext_hook, pickle_buffers())
+        self._views = None
+        return decode_body(frame, self._hook)
+
+    def _ext_hook(self, code: int, data: bytes) -> Any:
+        if code != EXT_REGION:
+            return msgpack.ExtType(code, data)
+        views = self._views
+        if views is None:
+            views = self._views = self.region_in.take()
+        return bytes(views[msgpack.unpackb(data)])
 
     def encode(self, result: Any, flags: int) -> bytes:
         """A single call's RESULT body, its large buffers written to ``region_out``."""

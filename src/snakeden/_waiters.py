@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Any
+
+from snakeden._protocol import KIND_CALL, encode_header
 
 if TYPE_CHECKING:
     from snakeden._handle import WorkerHandle
@@ -19,8 +22,8 @@ class AsyncWaiter:
 
     __slots__ = ("fut", "worker")
 
-    def __init__(self, fut: asyncio.Future[WorkerHandle]) -> None:
-        self.fut = fut
+    def __init__(self, fut: asyncio.Future[Any]) -> None:
+        self.fut = fut  # resolved with the worker (a QueuedCall's: with the reply)
         self.worker: WorkerHandle | None = None  # assigned under the checkout lock
 
     def alive(self) -> bool:
@@ -33,6 +36,48 @@ class AsyncWaiter:
     def fail(self, exc: BaseException) -> None:
         if not self.fut.done():
             self.fut.set_exception(exc)
+
+
+class QueuedCall(AsyncWaiter):
+    """A plain call (no session, trace or timeout) queued by the asyncio front: its frame is
+    written by the step that assigns it a worker, and its future is the reply's, so its task
+    wakes once, for the reply, not once for the worker and then again for the reply.
+
+    ``ident`` stays 0 until the frame is written; from then on the call is the channel's, and
+    only the caller's own handling of a reply, a loss or its cancellation applies."""
+
+    __slots__ = ("body", "flags", "ident", "name", "t1")
+
+    def __init__(self, fut: asyncio.Future[Any], name: str, flags: int, body: bytes) -> None:
+        super().__init__(fut)
+        self.name = name
+        self.flags = flags
+        self.body = body
+        self.ident = 0
+        self.t1 = 0.0  # when the frame was written: where the call's latency starts
+
+    def wake(self) -> None:
+        w = self.worker
+        if w is None or self.fut.done():
+            return
+        channel = w.channel
+        assert channel is not None  # a worker in service has one, attached: asyncio's
+        self.t1 = time.perf_counter()
+        w.current_command = self.name  # for the live view (snakeden top)
+        ident = self.ident = channel.next_id()
+        # A lost channel fails the future at once, as unsent: the caller sends it elsewhere.
+        channel.expect(ident, self.fut)
+        body = self.body
+        channel.send(encode_header(KIND_CALL, ident, len(body), self.flags) + body, ident)
+
+    def lease(self) -> tuple[WorkerHandle, int, float]:
+        """The worker, request id and send time of the call, once sent."""
+        assert self.worker is not None and self.ident
+        return self.worker, self.ident, self.t1
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.ident:  # once sent, the call is no longer the queue's to fail
+            super().fail(exc)
 
 
 class ThreadWaiter:

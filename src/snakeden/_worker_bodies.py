@@ -6,10 +6,26 @@ ERROR frames depend on them, not on how frames are read.
 
 from __future__ import annotations
 
+import asyncio
 import pickle
+import traceback
 from typing import Any
 
-from snakeden._protocol import BATCH, FLAT, Frame, PickledException, encode_body
+from snakeden._errors import RemoteError
+from snakeden._protocol import (
+    BATCH,
+    FLAT,
+    PICKLE,
+    Frame,
+    PickledException,
+    encode_body,
+    error_body,
+)
+from snakeden._worker_context import CallCancelled
+
+
+class BadCall(Exception):
+    """A call whose arguments do not fit its command's signature: the caller's mistake."""
 
 
 def _shape_problem(frame: Frame, body: Any) -> str | None:
@@ -108,3 +124,38 @@ def _pickled(exc: BaseException, limit: int) -> PickledException | None:
     except BaseException:  # unpicklable: the host falls back to module, qualname and args
         return None
     return PickledException(data) if len(data) <= limit else None
+
+
+def exception_body(exc: BaseException, flags: int, max_frame_size: int) -> dict[str, Any]:
+    """The ERROR body for ``exc`` raised by a call, sized to fit one frame."""
+    # Cut what could make the ERROR frame itself too large: the host would then kill a
+    # healthy worker instead of reporting the exception. Counted in bytes, as the frame is:
+    # message and traceback get a quarter of the frame each; args, attrs and the pickle an
+    # eighth each, or are left out.
+    budget = max(256, max_frame_size // 4)
+    message = _clip(_text(exc), budget)
+    if isinstance(exc, BadCall):
+        return error_body(kind="bad_call", type_name="TypeError", message=message)
+    if isinstance(exc, asyncio.CancelledError | CallCancelled):
+        return error_body(kind="cancelled", type_name=type(exc).__name__, message=message)
+    if isinstance(exc, SystemExit):
+        message = f"exit code {exc.code!r}"
+    tb = _clip_head(_text("".join(traceback.format_exception(exc))), budget)
+    cls = type(exc)
+    if issubclass(cls, RemoteError) and len(cls.__bases__) == 2:
+        cls = cls.__bases__[1]  # a host function's error, passed on: report its own class
+    small = budget // 2
+    args = _constructor_args(exc)
+    state = getattr(exc, "__dict__", None) or {}
+    attrs = {k: v for k, v in state.items() if isinstance(k, str) and _fits(v, small)}
+    return error_body(
+        kind="user",
+        type_name=cls.__qualname__,
+        message=message,
+        traceback=tb,
+        module=cls.__module__,
+        qualname=cls.__qualname__,
+        args=args if _fits(args, small) else None,
+        attrs=attrs if attrs and _fits(attrs, small) else None,
+        pickled=_pickled(exc, small) if flags & PICKLE else None,
+    )

@@ -20,9 +20,12 @@ EXIT_PROTOCOL_ERROR = 4
 def write_all(fd: int, header: bytes, body: bytes | memoryview = b"") -> None:
     """Write header and body with as few syscalls (and copies) as the kernel allows."""
     if len(body) < 65536:
-        data = memoryview(header + bytes(body))
-        while data:
-            data = data[os.write(fd, data) :]
+        data = header + body
+        n = os.write(fd, data)  # all of it, unless the host is not reading
+        if n < len(data):
+            view = memoryview(data)[n:]
+            while view:
+                view = view[os.write(fd, view) :]
         return
     views = [memoryview(header), memoryview(body)]
     while views:

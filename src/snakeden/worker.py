@@ -22,7 +22,6 @@ from typing import Any
 from snakeden import _commands, _regions, _shm, _worker_context, _worker_streams
 from snakeden import _worker_sessions as _sessions
 from snakeden import _worker_tracing as _tracing
-from snakeden._errors import RemoteError
 from snakeden._protocol import (
     BATCH,
     BY_REFERENCE,
@@ -57,16 +56,14 @@ from snakeden._protocol import (
 )
 from snakeden._worker_batch import encode_flat, run_batch, run_flat
 from snakeden._worker_bodies import (
+    BadCall,
     _clip,
-    _clip_head,
-    _constructor_args,
     _describe,
-    _fits,
-    _pickled,
     _shape_problem,
     _text,
+    exception_body,
 )
-from snakeden._worker_context import CallCancelled, CallContext
+from snakeden._worker_context import CallContext
 from snakeden._worker_logging import route_logging
 from snakeden._worker_os import (
     EXIT_PROTOCOL_ERROR,
@@ -225,6 +222,24 @@ class _Server:
                 frame.id, 0, kind="decode", type_name=type(exc).__name__, message=message
             )
             return
+        if not frame.flags & _FEATURES and ctx is None and type(body) is list and len(body) == 3:
+            # A plain call (no feature flag, the exact types the host sends): the checks and
+            # steps below that cannot apply are skipped; anything else takes the general path.
+            name, args, kwargs = body
+            if type(name) is str and type(args) is list and type(kwargs) is dict and not kwargs:
+                fn = self.commands.get(name)
+                if fn is not None:
+                    self.calls += 1
+                    self.current_name = name  # for snakeden.context(), made on demand
+                    if self.threaded:
+                        _worker_context._current.get().command = name
+                    try:
+                        result = self._invoke(fn, args, kwargs)
+                    except BaseException as exc:  # as below: the call fails, not the worker
+                        self.send_error_body(frame.id, flags, self._exception_body(exc, flags))
+                        return
+                    self._reply(frame.id, flags, result, name)
+                    return
         context = None
         if frame.flags & CONTEXT and type(body) is list and len(body) == 4:
             # The caller's trace context (docs/protocol.md §6.2): taken off, the rest is an
@@ -361,7 +376,8 @@ class _Server:
             if bad is exc:
                 raise  # raised inside the command: the user's own TypeError, untouched
             raise bad from None
-        if inspect.isawaitable(bound):
+        # isawaitable() asks an ABC (about a thousand instructions); no builtin value is one.
+        if type(bound) not in _NOT_AWAITABLE and inspect.isawaitable(bound):
             return self._await(bound)
         return bound
 
@@ -374,7 +390,7 @@ class _Server:
             and exc.__traceback__ is not None
             and exc.__traceback__.tb_next is None
         ):
-            return _BadCall(str(exc))
+            return BadCall(str(exc))
         return exc
 
     def _await(self, awaitable: Any) -> Any:
@@ -382,49 +398,27 @@ class _Server:
         return self.link.run_async(awaitable, ident)
 
     def _exception_body(self, exc: BaseException, flags: int) -> dict[str, Any]:
-        # Cut what could make the ERROR frame itself too large: the host would then kill a
-        # healthy worker instead of reporting the exception. Counted in bytes, as the frame is:
-        # message and traceback get a quarter of the frame each; args, attrs and the pickle an
-        # eighth each, or are left out.
-        budget = max(256, self.max_frame_size // 4)
-        message = _clip(_text(exc), budget)
-        if isinstance(exc, _BadCall):
-            return error_body(kind="bad_call", type_name="TypeError", message=message)
-        if isinstance(exc, asyncio.CancelledError | CallCancelled):
-            return error_body(kind="cancelled", type_name=type(exc).__name__, message=message)
-        if isinstance(exc, SystemExit):
-            message = f"exit code {exc.code!r}"
-        tb = _clip_head(_text("".join(traceback.format_exception(exc))), budget)
-        cls = type(exc)
-        if issubclass(cls, RemoteError) and len(cls.__bases__) == 2:
-            cls = cls.__bases__[1]  # a host function's error, passed on: report its own class
-        small = budget // 2
-        args = _constructor_args(exc)
-        state = getattr(exc, "__dict__", None) or {}
-        attrs = {k: v for k, v in state.items() if isinstance(k, str) and _fits(v, small)}
-        return error_body(
-            kind="user",
-            type_name=cls.__qualname__,
-            message=message,
-            traceback=tb,
-            module=cls.__module__,
-            qualname=cls.__qualname__,
-            args=args if _fits(args, small) else None,
-            attrs=attrs if attrs and _fits(attrs, small) else None,
-            pickled=_pickled(exc, small) if flags & PICKLE else None,
-        )
+        return exception_body(exc, flags, self.max_frame_size)
 
     def _reply(
         self, ident: int, flags: int, result: Any, name: str, *, batch: bool = False
     ) -> None:
         try:
+            shared = self.shared
+            t = type(result)
             if batch and flags & FLAT:
                 data = encode_flat(result, flags & PICKLE, self._await)
-            elif self.shared is None or batch:  # a batch's chunks may be in flight several at once
+            elif (
+                shared is None
+                or batch  # a batch's chunks may be in flight several at once
+                or t in _NO_BUFFERS
+                or (t is bytes and len(result) < shared.threshold)
+            ):
                 data = encode_body(result, flags)
             else:
-                data = self.shared.encode(result, flags)
-            check_frame_size(len(data), self.max_frame_size)
+                data = shared.encode(result, flags)
+            if len(data) + HEADER_SIZE > self.max_frame_size:
+                check_frame_size(len(data), self.max_frame_size)
         except BaseException as exc:  # even SystemExit from a __reduce__, as ProcessPoolExecutor
             codec = "pickle" if flags else "MessagePack"
             self.send_error(
@@ -444,11 +438,12 @@ class _Server:
         self.send(KIND_RESULT, ident, data, flags)
 
 
-class _BadCall(Exception):
-    pass
-
-
 _LATE = (Kind.CANCEL, Kind.CREDIT, Kind.HOST_REPLY)
+# Flags of a CALL that take handle_call's general path.
+_FEATURES = BY_REFERENCE | BATCH | CONTEXT | STREAM | FLAT
+# Results that hold no buffer for a shared-memory region, whatever their size.
+_NO_BUFFERS = frozenset({bool, int, float, str, type(None)})
+_NOT_AWAITABLE = _NO_BUFFERS | {bytes, list, dict, tuple}
 
 
 def _current_id() -> int:
