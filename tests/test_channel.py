@@ -137,3 +137,31 @@ def test_reply_written_before_death_reaches_its_caller(trailing: str) -> None:
         os.close(channel.write_fd)
 
     asyncio.run(body())
+
+
+@pytest.mark.parametrize(("begun", "unsent"), [(0, True), ("ident", False)])
+def test_a_stream_read_by_a_worker_that_died_before_beginning_it_never_ran(
+    begun: object, unsent: bool
+) -> None:
+    """A worker killed while blocked reading can still take the request off the pipe before it
+    dies (the kernel finishes the read, then the signal ends it): the begun slot, not the
+    pipe, tells whether it began. Streams get the same verdict as calls."""
+
+    async def body() -> None:
+        channel, wr, ww = _pair()
+        channel.attach(asyncio.get_running_loop(), lambda lost: None)
+        ident = channel.next_id()
+        channel.begun = _slot(ident if begun == "ident" else 0)
+        got: list[object] = []
+        channel.expect_stream(ident, got.append)
+        channel.send(encode_frame(Kind.CALL, ident, b"\x93\xa5items\x90\x80"), ident)
+        assert os.read(wr, 1 << 16)
+        os.close(wr)
+        os.close(ww)
+        channel.close()
+        assert len(got) == 1 and isinstance(got[0], ChannelLost)
+        assert got[0].unsent is unsent
+        os.close(channel.read_fd)
+        os.close(channel.write_fd)
+
+    asyncio.run(body())

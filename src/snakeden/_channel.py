@@ -289,7 +289,8 @@ class Channel:
         streams, self._streams = self._streams, {}
         for ident, consumer in streams.items():
             end = self._ends.get(ident, self._queued + 1)
-            consumer(self.lost.for_request(end > consumed))
+            # A stream begins as a call does: the slot says whether its worker began it.
+            consumer(self.lost.for_request(end > consumed or (never is not None and end > never)))
         if self._on_lost is not None:
             self._on_lost(self.lost)
 
