@@ -24,9 +24,10 @@ from typing import Final
 from snakeden._config import PoolConfig
 from snakeden._errors import PoolClosed, PoolSaturated
 from snakeden._handle import BUSY, DEAD, IDLE, STARTING, STOPPING, Cause, WorkerHandle
+from snakeden._protocol import FEATURE_BEGUN
 from snakeden._sessions import SessionCheckout
 from snakeden._stats import Counters, Outcome, Percentiles, PoolStats
-from snakeden._waiters import ThreadWaiter, Waiter
+from snakeden._waiters import ALONE, FREE, JOIN, ThreadWaiter, Waiter
 
 
 class Phase(enum.Enum):
@@ -41,6 +42,11 @@ class Phase(enum.Enum):
 
 _RUNNING: Final = Phase.RUNNING  # per-call paths: see _handle.BUSY
 _CLOSING: Final = Phase.CLOSING
+
+#: Pipelining: a call queues behind a busy worker's only while the call that worker runs began
+#: less than this many seconds ago (a long call keeps later ones out of its worker's pipe; they
+#: wait for the first worker to come free instead).
+BEHIND_LIMIT: Final = 0.01
 
 
 @dataclass(slots=True)
@@ -78,6 +84,8 @@ class Checkout(SessionCheckout[Waiter]):
         self.failures_in_a_row = 0
         self.counters = Counters()
         self.reject: BaseException | None = None  # why calls are refused (closed, broken)
+        self.resending = False  # closing, and a pipelined worker died: its calls come back
+        self.returning = 0  # calls given back to be sent again, not yet queued or leased again
         self._init_sessions()
 
     def __repr__(self) -> str:
@@ -88,12 +96,18 @@ class Checkout(SessionCheckout[Waiter]):
 
     # --- callers -------------------------------------------------------------------------------
 
-    def acquire(self, make_waiter: Callable[[], Waiter]) -> tuple[WorkerHandle | Waiter, bool]:
+    def acquire(
+        self, make_waiter: Callable[[], Waiter], mode: int = FREE, *, again: bool = False
+    ) -> tuple[WorkerHandle | Waiter, bool]:
         """A leased worker now, or a queued waiter (FIFO) that will be assigned one.
 
+        ``mode`` (``_waiters``): whether the call may queue behind another on a pipelined
+        worker (JOIN), and whether others may queue behind it (not ALONE). A call joins a busy
+        worker only when no worker is free and no caller waits. ``again``: a call accepted
+        before, sent again (its worker died before it began), is served while the pool drains.
         The flag says whether the pool should grow (``max_size``)."""
         with self.lock:
-            if self.reject is not None:
+            if self.reject is not None and not (again and self.phase is _CLOSING):
                 self.counters.calls_rejected += 1
                 raise self.reject
             if not self.waiters:
@@ -101,11 +115,12 @@ class Checkout(SessionCheckout[Waiter]):
                     w = self.idle.pop()  # most recently used: warm caches, and lets others idle
                     w.move(BUSY)
                     w.inflight = 1
+                    w.solo = mode == ALONE
                     w.leased_at = self.clock()  # for the live view: busy for how long
                     self.leased += 1
                     return w, False
-                if self.shared:
-                    shared = self._least_loaded()
+                if self.shared and not self._below_max():  # else grow: a new worker is fairer
+                    shared = self._least_loaded(mode)
                     if shared is not None:
                         shared.inflight += 1
                         self.leased += 1
@@ -117,11 +132,13 @@ class Checkout(SessionCheckout[Waiter]):
                     f"{self.config.max_queue}); slow down, add workers or raise max_queue"
                 )
             waiter = make_waiter()
+            waiter.mode = mode
             self.waiters.append(waiter)
             return waiter, self._should_grow()
 
-    def _least_loaded(self) -> WorkerHandle | None:
-        """With pipelining: the busy in-service worker with the fewest calls in flight."""
+    def _least_loaded(self, mode: int) -> WorkerHandle | None:
+        """With pipelining or workers serving several calls at once: the busy in-service worker
+        with the fewest calls in flight that may take one more of ``mode``."""
         best = None
         for w in self.workers.values():
             if (
@@ -130,9 +147,15 @@ class Checkout(SessionCheckout[Waiter]):
                 and not w.retiring
                 and not w.must_retire
                 and (best is None or w.inflight < best.inflight)
+                and (not w.pipelined or self._may_queue(w, mode))
             ):
                 best = w
         return best
+
+    def _may_queue(self, w: WorkerHandle, mode: int) -> bool:
+        """Whether a call of ``mode`` may wait behind the call pipelined worker ``w`` runs: one
+        that may (JOIN), behind one that allows it (not solo) and began not long ago."""
+        return mode == JOIN and not w.solo and self.clock() - w.leased_at < BEHIND_LIMIT
 
     def give_up(
         self, waiter: Waiter, *, cancelled: bool = False
@@ -226,14 +249,23 @@ class Checkout(SessionCheckout[Waiter]):
             self.leased += 1
             act = Actions(flush=w)
         else:
+            # Pipelined with calls still in its pipe: the next of them begins now. A waiter may
+            # take its place behind them only if it may queue (and a session's may not).
+            behind = w.pipelined and w.inflight > 0
+            if behind:
+                w.leased_at = self.clock()
             # Callers of a session pinned to this worker first: they can go nowhere else.
-            waiter = self._next_pinned(w) if self.pinned else None
+            waiter = self._next_pinned(w) if self.pinned and not behind else None
             while waiter is None and self.waiters:
+                if behind and not self._may_queue(w, self.waiters[0].mode):
+                    break  # it waits for a free worker: this one, once its pipe is empty
                 waiter = self.waiters.popleft()
                 if not waiter.alive():
                     waiter = None
             if waiter is not None:
                 waiter.worker = w
+                if w.inflight == 0:
+                    w.solo = waiter.mode == ALONE
                 w.inflight += 1  # the lease passes straight to the waiter
                 w.leased_at = self.clock()
                 self.leased += 1
@@ -277,7 +309,23 @@ class Checkout(SessionCheckout[Waiter]):
             and self.leased == 0
             and not self.waiters
             and not self.pinned
+            and not self.returning
         )
+
+    def resend(self, w: WorkerHandle) -> Actions | None:
+        """Give back the lease of a call that never reached ``w`` (dead): its caller sends it
+        again at once (:meth:`returned`), and the pool is not drained meanwhile."""
+        with self.lock:
+            self.counters.calls_redispatched += 1
+            self.returning += 1
+        return self.release(w, None)
+
+    def returned(self) -> bool:
+        """The call given back by :meth:`resend` is queued or leased again (or refused).
+        Returns whether the pool is now drained."""
+        with self.lock:
+            self.returning -= 1
+            return self._drained()
 
     def fail(self, w: WorkerHandle, cause: Cause) -> bool:
         """Take ``w`` out of service for ``cause`` (the caller then kills it). An idle worker
@@ -320,7 +368,12 @@ class Checkout(SessionCheckout[Waiter]):
             if w.state is not STARTING:
                 return False, None  # stopped by close() meanwhile; its exit finishes it
             w.ready_at = w.last_used = self.clock()
-            w.depth = max(w.depth, self.depth)  # the HELLO's concurrency, or the pipeline
+            if w.depth == 1 and self.depth > 1 and FEATURE_BEGUN in w.features:
+                # Pipelined: it notes each call it begins, so the calls waiting behind the one
+                # it runs provably never ran when it dies, and go to another worker. Without
+                # that note (a Node worker, Ray) a crash could not tell them apart: none queue.
+                w.depth = self.depth
+                w.pipelined = True
             self.shared = self.shared or w.depth > 1
             w.move(BUSY)
             w.inflight = 1
@@ -363,7 +416,9 @@ class Checkout(SessionCheckout[Waiter]):
             if self.phase in (Phase.STOPPING, Phase.CLOSED):
                 return close_now, False
             if self.phase is Phase.CLOSING and not self.waiters:
-                return close_now, False
+                if w.inflight <= 1 and not self.returning:
+                    return close_now, False
+                self.resending = True  # calls that waited in its pipe come back to be served
             self.counters.restarts += 1
             by_cause = self.counters.restarts_by_cause
             by_cause[w.cause.name.lower()] = by_cause.get(w.cause.name.lower(), 0) + 1
@@ -381,6 +436,7 @@ class Checkout(SessionCheckout[Waiter]):
             if stop is None:
                 w.move(BUSY)
                 w.inflight = 1
+                w.solo = False
                 w.leased_at, w.current_command = self.clock(), "(health check)"
                 self.leased += 1
             else:
@@ -408,7 +464,9 @@ class Checkout(SessionCheckout[Waiter]):
         """Start workers while running, and while closing if callers still wait to be served."""
         if self.phase in (Phase.RUNNING, Phase.STARTING):
             return self.reject is None
-        return self.phase is Phase.CLOSING and bool(self.waiters)
+        return self.phase is Phase.CLOSING and (
+            bool(self.waiters) or self.resending or self.returning > 0
+        )
 
     def plan_capacity(self) -> list[WorkerHandle | None]:
         """Schedule the starts that bring the pool back to ``size`` workers that are not on
@@ -445,13 +503,18 @@ class Checkout(SessionCheckout[Waiter]):
             return grow
 
     def _should_grow(self) -> bool:
+        if not self._below_max():
+            return False
+        starting = self.scheduled + sum(1 for w in self.workers.values() if w.state is STARTING)
+        return len(self.waiters) > starting
+
+    def _below_max(self) -> bool:
         if self.upper == self.size:
             return False  # no max_size: nothing to decide, and this runs for every queued call
         live = self.scheduled + sum(
             1 for w in self.workers.values() if w.state not in (DEAD, STOPPING)
         )
-        starting = self.scheduled + sum(1 for w in self.workers.values() if w.state is STARTING)
-        return len(self.waiters) > starting and live < self.upper
+        return live < self.upper
 
     def backoff(self) -> float:
         """Seconds to wait before the next start, growing with failures in a row."""
@@ -577,6 +640,8 @@ class Checkout(SessionCheckout[Waiter]):
                 assert (w.state is IDLE) == (w in self.idle), f"idle set vs {w!r}"
                 if w.state is BUSY:
                     assert w.inflight > 0, f"busy with no lease: {w!r}"
+                    assert not (w.solo and w.inflight > 1), f"a call queued behind solo {w!r}"
+                assert w.pipelined <= (w.depth > 1), f"pipelined at depth 1: {w!r}"
                 if w.state in (STOPPING, DEAD):
                     assert w.cause is not None, f"out of service without a cause: {w!r}"
                 assert w.inflight <= max(1, w.depth), f"over depth: {w!r}"

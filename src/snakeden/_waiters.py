@@ -8,20 +8,27 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from snakeden._handle import WorkerHandle
 
 
+# How a caller takes a worker (pipelining: Checkout.acquire):
+FREE: Final = 0  # a free worker only; calls may queue behind its own (map lanes, timed calls)
+JOIN: Final = 1  # may also queue behind the call a busy worker runs (a plain call, no timeout)
+ALONE: Final = 2  # a free worker, and nothing queues behind it (a stream: its reader paces it)
+
+
 class AsyncWaiter:
     """A task's place in the queue. Woken on the loop, so no lock is needed to resolve it."""
 
-    __slots__ = ("fut", "worker")
+    __slots__ = ("fut", "mode", "worker")
 
     def __init__(self, fut: asyncio.Future[WorkerHandle]) -> None:
         self.fut = fut
         self.worker: WorkerHandle | None = None  # assigned under the checkout lock
+        self.mode = FREE
 
     def alive(self) -> bool:
         return not self.fut.done()
@@ -38,11 +45,12 @@ class AsyncWaiter:
 class ThreadWaiter:
     """A thread's place in the queue."""
 
-    __slots__ = ("error", "event", "gave_up", "worker")
+    __slots__ = ("error", "event", "gave_up", "mode", "worker")
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self.worker: WorkerHandle | None = None
+        self.mode = FREE
         self.error: BaseException | None = None
         self.gave_up = False
 

@@ -40,6 +40,7 @@ from snakeden._protocol import (
     KIND_CALL,
     KIND_ERROR,
     KIND_RESULT,
+    NO_REGION,
     PICKLE,
     SESSION,
     STREAM,
@@ -120,6 +121,13 @@ class _Server:
             if self.run_tag and worker_id
             else None
         )
+        if self.begun is not None and len(self.begun) < _shm.SLOT_WORDS:
+            self.begun = None  # an older host's slot: no room for the ids to skip
+        # Cancelled before they began: the count of such ids the host noted in the slot when
+        # last looked at, and those ids (see _shm.note_skip).
+        self.skip_count = 0
+        self.by_pipe = 0  # the running call's NO_REGION flag
+        self.skip_ids: set[int] = set()
         self.link = Link(self)
         _worker_context.fallback = self._current_context
 
@@ -183,8 +191,11 @@ class _Server:
                 if frame is None:
                     return 0  # end of file, read while a call ran
                 if frame.kind == KIND_CALL:
-                    if self.begun is not None:
-                        self.begun[0] = frame.id  # before anything of the call can happen
+                    begun = self.begun
+                    if begun is not None:
+                        begun[0] = frame.id  # before anything of the call can happen
+                        if (self.skip_ids or self.skip_count != begun[1]) and self.skip(frame):
+                            continue  # its caller was cancelled before it began
                     self.current = frame.id
                     self.current_flags = frame.flags
                     if frame.flags & SESSION:
@@ -210,8 +221,26 @@ class _Server:
                     print(f"snakeden worker: unknown frame kind {frame.kind}", file=sys.stderr)
                     return EXIT_PROTOCOL_ERROR
 
+    def skip(self, frame: Frame) -> bool:
+        """Whether the host asked to skip this call (its caller went away while the call
+        waited behind another): if so, it is answered ERROR "cancelled" without running."""
+        assert self.begun is not None
+        if self.skip_count != self.begun[1] and len(self.begun) >= _shm.SLOT_WORDS:
+            self.skip_count = self.begun[1]
+            self.skip_ids = _shm.skips(self.begun)
+        if frame.id not in self.skip_ids:
+            # Ids at or before this one were cancelled once begun: they are done with.
+            self.skip_ids = {i for i in self.skip_ids if 0 < (i - frame.id) % (1 << 32) < 1 << 31}
+            return False
+        self.skip_ids.discard(frame.id)
+        self.send_error(
+            frame.id, 0, kind="cancelled", type_name="CallCancelled", message="cancelled"
+        )
+        return True
+
     def handle_call(self, frame: Frame, ctx: Any = None) -> None:
         flags = frame.flags & PICKLE
+        self.by_pipe = frame.flags & NO_REGION  # sent behind another call: see _reply
         # "decode" errors go out in MessagePack whatever the call's codec (docs/protocol.md
         # §5): the host can read them even when the call's codec is what failed.
         try:
@@ -415,7 +444,9 @@ class _Server:
         self, ident: int, flags: int, result: Any, name: str, *, batch: bool = False
     ) -> None:
         try:
-            if self.shared is None or batch:  # a batch's chunks may be in flight several at once
+            # A batch's chunks, or a call sent behind another, may be in flight with another
+            # reply still unread in the region: by pipe.
+            if self.shared is None or batch or self.by_pipe:
                 data = encode_body(result, flags)
             else:
                 data = self.shared.encode(result, flags)
