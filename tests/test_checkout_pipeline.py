@@ -3,8 +3,9 @@ may wait behind a busy worker's call, and what a release, a death or a drain the
 
 from __future__ import annotations
 
-from snakeden._checkout import BEHIND_LIMIT, Phase
+from snakeden._checkout import Phase
 from snakeden._handle import Cause, WState
+from snakeden._pipeline import BEHIND_LIMIT
 from snakeden._sessions import SessionRecord
 from snakeden._waiters import ALONE, FREE, JOIN, ThreadWaiter
 from tests.test_checkout import pool, queue, start, take
@@ -86,7 +87,7 @@ def test_workers_that_do_not_note_what_they_begin_are_not_pipelined() -> None:
 
 def test_a_pool_that_may_grow_starts_a_worker_rather_than_queue_a_call_behind_one() -> None:
     co, _ = pool(size=1, depth=4, max_size=2)
-    (w,) = start(co)
+    start(co)
     take(co, JOIN)
     got, grow = co.acquire(ThreadWaiter, JOIN)
     assert isinstance(got, ThreadWaiter) and grow

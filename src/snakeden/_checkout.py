@@ -24,10 +24,10 @@ from typing import Final
 from snakeden._config import PoolConfig
 from snakeden._errors import PoolClosed, PoolSaturated
 from snakeden._handle import BUSY, DEAD, IDLE, STARTING, STOPPING, Cause, WorkerHandle
-from snakeden._protocol import FEATURE_BEGUN
+from snakeden._pipeline import PipelineCheckout
 from snakeden._sessions import SessionCheckout
 from snakeden._stats import Counters, Outcome, Percentiles, PoolStats
-from snakeden._waiters import ALONE, FREE, JOIN, ThreadWaiter, Waiter
+from snakeden._waiters import ALONE, FREE, ThreadWaiter, Waiter
 
 
 class Phase(enum.Enum):
@@ -43,11 +43,6 @@ class Phase(enum.Enum):
 _RUNNING: Final = Phase.RUNNING  # per-call paths: see _handle.BUSY
 _CLOSING: Final = Phase.CLOSING
 
-#: Pipelining: a call queues behind a busy worker's only while the call that worker runs began
-#: less than this many seconds ago (a long call keeps later ones out of its worker's pipe; they
-#: wait for the first worker to come free instead).
-BEHIND_LIMIT: Final = 0.01
-
 
 @dataclass(slots=True)
 class Actions:
@@ -62,9 +57,9 @@ class Actions:
     drained: bool = False  # closing, and nothing is leased or queued any more
 
 
-class Checkout(SessionCheckout[Waiter]):
-    """The pool's state: workers, the idle set, waiters, leases, counters, phase; and sessions
-    (:class:`~snakeden._sessions.SessionCheckout`)."""
+class Checkout(SessionCheckout[Waiter], PipelineCheckout):
+    """The pool's state: workers, the idle set, waiters, leases, counters, phase; sessions
+    (:class:`~snakeden._sessions.SessionCheckout`) and pipelining (``_pipeline``)."""
 
     def __init__(self, config: PoolConfig, *, depth: int = 1) -> None:
         self.config = config
@@ -135,27 +130,6 @@ class Checkout(SessionCheckout[Waiter]):
             waiter.mode = mode
             self.waiters.append(waiter)
             return waiter, self._should_grow()
-
-    def _least_loaded(self, mode: int) -> WorkerHandle | None:
-        """With pipelining or workers serving several calls at once: the busy in-service worker
-        with the fewest calls in flight that may take one more of ``mode``."""
-        best = None
-        for w in self.workers.values():
-            if (
-                w.state is BUSY
-                and w.inflight < w.depth
-                and not w.retiring
-                and not w.must_retire
-                and (best is None or w.inflight < best.inflight)
-                and (not w.pipelined or self._may_queue(w, mode))
-            ):
-                best = w
-        return best
-
-    def _may_queue(self, w: WorkerHandle, mode: int) -> bool:
-        """Whether a call of ``mode`` may wait behind the call pipelined worker ``w`` runs: one
-        that may (JOIN), behind one that allows it (not solo) and began not long ago."""
-        return mode == JOIN and not w.solo and self.clock() - w.leased_at < BEHIND_LIMIT
 
     def give_up(
         self, waiter: Waiter, *, cancelled: bool = False
@@ -312,21 +286,6 @@ class Checkout(SessionCheckout[Waiter]):
             and not self.returning
         )
 
-    def resend(self, w: WorkerHandle) -> Actions | None:
-        """Give back the lease of a call that never reached ``w`` (dead): its caller sends it
-        again at once (:meth:`returned`), and the pool is not drained meanwhile."""
-        with self.lock:
-            self.counters.calls_redispatched += 1
-            self.returning += 1
-        return self.release(w, None)
-
-    def returned(self) -> bool:
-        """The call given back by :meth:`resend` is queued or leased again (or refused).
-        Returns whether the pool is now drained."""
-        with self.lock:
-            self.returning -= 1
-            return self._drained()
-
     def fail(self, w: WorkerHandle, cause: Cause) -> bool:
         """Take ``w`` out of service for ``cause`` (the caller then kills it). An idle worker
         leaves the idle set at once, so it is never handed out. False if it was already out."""
@@ -368,13 +327,7 @@ class Checkout(SessionCheckout[Waiter]):
             if w.state is not STARTING:
                 return False, None  # stopped by close() meanwhile; its exit finishes it
             w.ready_at = w.last_used = self.clock()
-            if w.depth == 1 and self.depth > 1 and FEATURE_BEGUN in w.features:
-                # Pipelined: it notes each call it begins, so the calls waiting behind the one
-                # it runs provably never ran when it dies, and go to another worker. Without
-                # that note (a Node worker, Ray) a crash could not tell them apart: none queue.
-                w.depth = self.depth
-                w.pipelined = True
-            self.shared = self.shared or w.depth > 1
+            self._pipeline(w)
             w.move(BUSY)
             w.inflight = 1
             self.leased += 1

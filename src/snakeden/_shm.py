@@ -81,6 +81,23 @@ def note_skip(slot: memoryview, ident: int) -> None:
     slot[1] = (n + 1) & 0xFFFF_FFFF  # after the id: a worker that sees the count sees the id
 
 
-def skips(slot: memoryview) -> set[int]:
-    """Worker: the ids the host asked it to skip (the last few noted)."""
-    return set(slot[2:SLOT_WORDS]) - {0}
+class Skips:
+    """Worker: the ids the host asked it to skip, as last read from the slot."""
+
+    __slots__ = ("count", "ids")
+
+    def __init__(self) -> None:
+        self.count = 0  # the slot's count of ids noted, when last read
+        self.ids: set[int] = set()
+
+    def take(self, slot: memoryview, ident: int) -> bool:
+        """Whether to skip call ``ident``, about to begin (then it is forgotten)."""
+        if self.count != slot[1]:
+            self.count = slot[1]
+            self.ids = set(slot[2:SLOT_WORDS]) - {0}
+        if ident in self.ids:
+            self.ids.discard(ident)
+            return True
+        # Ids at or before this one were cancelled once begun: they are done with.
+        self.ids = {i for i in self.ids if 0 < (i - ident) % (1 << 32) < 1 << 31}
+        return False

@@ -123,11 +123,8 @@ class _Server:
         )
         if self.begun is not None and len(self.begun) < _shm.SLOT_WORDS:
             self.begun = None  # an older host's slot: no room for the ids to skip
-        # Cancelled before they began: the count of such ids the host noted in the slot when
-        # last looked at, and those ids (see _shm.note_skip).
-        self.skip_count = 0
-        self.by_pipe = 0  # the running call's NO_REGION flag
-        self.skip_ids: set[int] = set()
+        self.skips = _shm.Skips()  # calls cancelled before they began (see _shm.note_skip)
+        self.by_pipe = 0  # the running call's NO_REGION flag (see _reply)
         self.link = Link(self)
         _worker_context.fallback = self._current_context
 
@@ -176,6 +173,7 @@ class _Server:
         view = self.view
         backlog = self.backlog
         contexts = self.link.calls
+        skips = self.skips
         while True:
             if not backlog:
                 n = os.readv(self.rfd, [buf])
@@ -194,8 +192,12 @@ class _Server:
                     begun = self.begun
                     if begun is not None:
                         begun[0] = frame.id  # before anything of the call can happen
-                        if (self.skip_ids or self.skip_count != begun[1]) and self.skip(frame):
-                            continue  # its caller was cancelled before it began
+                        if (skips.ids or skips.count != begun[1]) and skips.take(begun, frame.id):
+                            # Its caller went away while it waited behind another call.
+                            self.send_error(
+                                frame.id, 0, kind="cancelled", type_name="", message="cancelled"
+                            )
+                            continue
                     self.current = frame.id
                     self.current_flags = frame.flags
                     if frame.flags & SESSION:
@@ -220,23 +222,6 @@ class _Server:
                 else:
                     print(f"snakeden worker: unknown frame kind {frame.kind}", file=sys.stderr)
                     return EXIT_PROTOCOL_ERROR
-
-    def skip(self, frame: Frame) -> bool:
-        """Whether the host asked to skip this call (its caller went away while the call
-        waited behind another): if so, it is answered ERROR "cancelled" without running."""
-        assert self.begun is not None
-        if self.skip_count != self.begun[1] and len(self.begun) >= _shm.SLOT_WORDS:
-            self.skip_count = self.begun[1]
-            self.skip_ids = _shm.skips(self.begun)
-        if frame.id not in self.skip_ids:
-            # Ids at or before this one were cancelled once begun: they are done with.
-            self.skip_ids = {i for i in self.skip_ids if 0 < (i - frame.id) % (1 << 32) < 1 << 31}
-            return False
-        self.skip_ids.discard(frame.id)
-        self.send_error(
-            frame.id, 0, kind="cancelled", type_name="CallCancelled", message="cancelled"
-        )
-        return True
 
     def handle_call(self, frame: Frame, ctx: Any = None) -> None:
         flags = frame.flags & PICKLE
