@@ -16,8 +16,9 @@ anyone kept, and the pages, once touched, stay mapped: no page faults after the 
 A region holds one message at a time: a call the host sends while another of the worker's is
 unanswered (pipelining) goes by pipe and carries ``NO_REGION``, so the worker answers it by pipe
 too; only a call sent to a worker with nothing else in flight uses the regions. Batches (a map's
-chunks, several in flight) always go by pipe; workers serving several calls at once have none. A writer grows its region as
-needed (``ftruncate``); the reader maps the larger file when a message reaches past its mapping.
+chunks, several in flight) always go by pipe; workers serving several calls at once have none.
+A writer grows its region as needed (``ftruncate``); the reader maps the larger file when a
+message reaches past its mapping.
 
 Message layout in a region: ``u32 count``, then ``count`` x ``u64 size``, then the buffers, each
 at a 64-byte aligned offset, in index order.
