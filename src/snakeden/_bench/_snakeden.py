@@ -202,7 +202,8 @@ def _new_pool(
     if pipeline is not None:  # else the default, as a user gets it
         options["pipeline"] = pipeline
     if ray:
-        return snakeden.Pool(SNAKEDEN_MODULES[preload], backend="ray", **options)
+        options["backend"] = "ray"
+        return snakeden.Pool(SNAKEDEN_MODULES[preload], **options)
     if by_pipe:
         options["shm_threshold"] = None
     if command is not None:
