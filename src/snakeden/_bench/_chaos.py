@@ -1030,8 +1030,12 @@ async def cancel_storm(
     with tempfile.TemporaryDirectory() as tmp:
         barrier = Barrier(tmp)
         try:
+            # Each on a worker of its own: calls that wait for one another must not wait in
+            # one worker's pipe (pipelining), and a call with a timeout never does.
             holders = [
-                asyncio.ensure_future(pool.call("hold", barrier.announce, barrier.gate))
+                asyncio.ensure_future(
+                    pool.call("hold", barrier.announce, barrier.gate, timeout=2 * bound)
+                )
                 for _ in range(size)
             ]
             held = await asyncio.to_thread(barrier.wait, size, cancel_grace + bound / 2)
