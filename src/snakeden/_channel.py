@@ -197,6 +197,7 @@ class Channel:
             except BlockingIOError:
                 break
             except OSError as exc:
+                self._read_the_rest()
                 self._lose(exc)
                 return
             self._written += n
@@ -254,6 +255,13 @@ class Channel:
         if self.on_host_call is not None:
             self.on_host_call(self, frame)
 
+    def _read_the_rest(self) -> None:
+        """Before the channel is judged lost for a reason other than what was read (its
+        process's exit, a write that failed): read the replies already there, or calls the
+        worker answered would be judged by its begun slot as if still running."""
+        while self._loop is not None and self.lost is None and self._rpoll.poll(0):
+            self._on_readable()
+
     def _lose(self, cause: BaseException | None) -> None:
         if self.lost is not None:
             return
@@ -280,6 +288,7 @@ class Channel:
 
     def close(self) -> None:
         """Stop watching the fds (the process handle owns and closes them)."""
+        self._read_the_rest()
         self._unclaimed.clear()
         if self._loop is not None:
             with contextlib.suppress(Exception):
