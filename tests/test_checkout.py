@@ -16,7 +16,8 @@ from snakeden import PoolClosed, PoolSaturated
 from snakeden._checkout import Actions, Checkout, Phase
 from snakeden._config import PoolConfig
 from snakeden._handle import BadTransition, Cause, WorkerHandle, WState
-from snakeden._waiters import AsyncWaiter, ThreadWaiter
+from snakeden._protocol import FEATURE_BEGUN
+from snakeden._waiters import FREE, JOIN, AsyncWaiter, ThreadWaiter
 
 
 class Clock:
@@ -37,13 +38,21 @@ def pool(size: int = 2, *, depth: int = 1, **options: Any) -> tuple[Checkout, Cl
     return co, clock
 
 
-def start(co: Checkout, n: int = 1, *, max_calls: int | None = None) -> list[WorkerHandle]:
-    """Register and ready ``n`` workers, as the supervisor does after each HELLO."""
+def start(
+    co: Checkout,
+    n: int = 1,
+    *,
+    max_calls: int | None = None,
+    features: tuple[str, ...] = (FEATURE_BEGUN,),
+) -> list[WorkerHandle]:
+    """Register and ready ``n`` workers, as the supervisor does after each HELLO (by default
+    a Python worker's, which notes the calls it begins)."""
     global _n
     out = []
     for _ in range(n):
         _n += 1
         w = WorkerHandle(f"t{_n}", co.clock(), max_calls)
+        w.features = features
         co.add(w, scheduled=False)
         assert w.state is WState.STARTING
         in_service, _ = co.ready(w)
@@ -53,14 +62,14 @@ def start(co: Checkout, n: int = 1, *, max_calls: int | None = None) -> list[Wor
     return out
 
 
-def take(co: Checkout) -> WorkerHandle:
-    got, _ = co.acquire(ThreadWaiter)
+def take(co: Checkout, mode: int = FREE) -> WorkerHandle:
+    got, _ = co.acquire(ThreadWaiter, mode)
     assert isinstance(got, WorkerHandle)
     return got
 
 
-def queue(co: Checkout) -> ThreadWaiter:
-    got, _ = co.acquire(ThreadWaiter)
+def queue(co: Checkout, mode: int = FREE) -> ThreadWaiter:
+    got, _ = co.acquire(ThreadWaiter, mode)
     assert isinstance(got, ThreadWaiter)
     return got
 
@@ -148,11 +157,11 @@ def test_pipelining_shares_the_least_loaded_busy_worker() -> None:
     co, _ = pool(size=2, depth=2)
     start(co, 2)
     a, b = take(co), take(co)
-    c = take(co)  # no idle worker: shares one
-    assert c in (a, b) and c.inflight == 2
-    d = take(co)
+    c = take(co, JOIN)  # no idle worker: shares one
+    assert c in (a, b) and c.inflight == 2 and c.pipelined
+    d = take(co, JOIN)
     assert d is not c and d.inflight == 2
-    assert isinstance(queue(co), ThreadWaiter)  # both at depth: queue
+    assert isinstance(queue(co, JOIN), ThreadWaiter)  # both at depth: queue
     co.check_invariants()
 
 

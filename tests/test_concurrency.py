@@ -55,10 +55,12 @@ def test_hundreds_of_threads_on_a_sync_pool() -> None:
 
 
 def test_queue_saturation_fails_at_once_and_loses_nothing_queued() -> None:
+    # pipeline=1: calls wait in the pool's queue, never in a busy worker's pipe (the same with
+    # pipelining: tests/test_pipelining.py).
     async def body() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             flag = Rendezvous(tmp)
-            async with snakeden.Pool(FAULTS, size=1, max_queue=3) as pool:
+            async with snakeden.Pool(FAULTS, size=1, max_queue=3, pipeline=1) as pool:
                 blocker = asyncio.create_task(pool.call("block", str(flag), 3600, timeout=60))
                 await flag.wait_async()
                 queued = [asyncio.create_task(pool.call("echo", i)) for i in range(3)]
@@ -81,7 +83,7 @@ def test_queue_timeout_and_no_call_executed_after_its_caller_gave_up() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             flag = Rendezvous(tmp)
             log = pathlib.Path(tmp, "executed")
-            async with snakeden.Pool(FAULTS, size=1, cancel_grace=0.5) as pool:
+            async with snakeden.Pool(FAULTS, size=1, cancel_grace=0.5, pipeline=1) as pool:
                 blocker = asyncio.create_task(pool.call("block", str(flag), 3600))
                 await flag.wait_async()
                 # Queued callers that give up: by queue timeout, and by cancellation.

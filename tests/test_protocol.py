@@ -233,6 +233,7 @@ def test_wire_values_are_stable() -> None:
         "STREAM": 0x10,
         "SESSION": 0x20,
         "FLAT": 0x40,
+        "NO_REGION": 0x80,
     }
     assert PROTOCOL_VERSION == 1
     assert DEFAULT_MAX_FRAME_SIZE == 256 * 1024 * 1024

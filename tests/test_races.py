@@ -69,7 +69,12 @@ def test_worker_dies_between_hand_off_and_send_the_call_runs_elsewhere(
     async def body() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             flag = Rendezvous(tmp)
-            async with snakeden.Pool(FAULTS, size=1, start_method=method) as pool:
+            async with snakeden.Pool(
+                FAULTS,
+                size=1,
+                start_method=method,
+                pipeline=1,  # the second call waits
+            ) as pool:
                 core = _core(pool)
                 release = os.path.join(tmp, "release")
                 os.mkfifo(release)

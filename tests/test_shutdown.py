@@ -33,7 +33,9 @@ def test_close_drains_in_flight_and_queued_calls() -> None:
 def test_close_cancel_pending_fails_queued_calls_with_closed_error() -> None:
     async def body() -> None:
         with tempfile.TemporaryDirectory() as tmp, Rendezvous(tmp) as flag:
-            pool = await snakeden.Pool(FAULTS, size=1, shutdown_timeout=0.5).start()
+            # pipeline=1: the echo calls wait in the pool's queue (in a worker's pipe they would
+            # be in flight, and close() lets calls in flight finish).
+            pool = await snakeden.Pool(FAULTS, size=1, shutdown_timeout=0.5, pipeline=1).start()
             running = asyncio.create_task(pool.call("block", str(flag), 3, timeout=30))
             await flag.wait_async()
             queued = [asyncio.create_task(pool.call("echo", i)) for i in range(5)]

@@ -298,7 +298,7 @@ def check_no_traceback(w: Worker) -> None:
 
 ints = st.integers(-(2**63), 2**64 - 1)  # what MessagePack can carry
 ids = st.integers(0, MAX_REQUEST_ID) | st.sampled_from([0, 1, MAX_REQUEST_ID])
-# 0x80: reserved, senders must not set it, ignored. 0x08 is CONTEXT: with a 3-element body it
+# 0x80: NO_REGION, answer by pipe: the same answer. 0x08 is CONTEXT: with a 3-element body it
 # changes nothing, with 4 elements the 4th is the context. 0x40 (in 0xC0, 0xC8) is FLAT: nothing
 # without BATCH; with it, each item is one argument. (0x10 is STREAM and 0x20 is SESSION, which
 # change what a call is: tests/test_streaming.py, tests/test_sessions.py.)

@@ -212,6 +212,7 @@ class Channel:
             except BlockingIOError:
                 break
             except OSError as exc:
+                self._read_the_rest()
                 self._lose(exc)
                 return
             self._written += n
@@ -269,6 +270,13 @@ class Channel:
         if self.on_host_call is not None:
             self.on_host_call(self, frame)
 
+    def _read_the_rest(self) -> None:
+        """Before the channel is judged lost for a reason other than what was read (its
+        process's exit, a write that failed): read the replies already there, or calls the
+        worker answered would be judged by its begun slot as if still running."""
+        while self._loop is not None and self.lost is None and self._rpoll.poll(0):
+            self._on_readable()
+
     def _lose(self, cause: BaseException | None) -> None:
         if self.lost is not None:
             return
@@ -296,16 +304,11 @@ class Channel:
 
     def close(self) -> None:
         """Stop watching the fds (the process handle owns and closes them)."""
+        # The exit notice and the readable pipe come in one loop turn, in either order: a
+        # reply the worker wrote just before it died belongs to its caller, not to the crash.
+        self._read_the_rest()
         self._unclaimed.clear()
         if self._loop is not None:
-            # The process may be gone before the loop ran our reader: a reply it wrote just
-            # before dying is still in the pipe and belongs to its caller, not to the crash
-            # (the exit notice and the readable pipe come in one loop turn, in either order).
-            # Each read either consumes data or ends in EOF/an error, which loses the channel.
-            while self.lost is None and (self._pending or self._streams):
-                if not select.select([self.read_fd], [], [], 0)[0]:
-                    break  # nothing more, and not EOF yet: a child of the worker holds the end
-                self._on_readable()
             with contextlib.suppress(Exception):
                 self._loop.remove_reader(self.read_fd)
                 self._loop.remove_writer(self.write_fd)

@@ -24,9 +24,10 @@ from typing import Final
 from snakeden._config import PoolConfig
 from snakeden._errors import PoolClosed, PoolSaturated
 from snakeden._handle import BUSY, DEAD, IDLE, STARTING, STOPPING, Cause, WorkerHandle
+from snakeden._pipeline import PipelineCheckout
 from snakeden._sessions import SessionCheckout
 from snakeden._stats import Counters, Outcome, Percentiles, PoolStats
-from snakeden._waiters import ThreadWaiter, Waiter
+from snakeden._waiters import ALONE, FREE, ThreadWaiter, Waiter
 
 
 class Phase(enum.Enum):
@@ -56,9 +57,9 @@ class Actions:
     drained: bool = False  # closing, and nothing is leased or queued any more
 
 
-class Checkout(SessionCheckout[Waiter]):
-    """The pool's state: workers, the idle set, waiters, leases, counters, phase; and sessions
-    (:class:`~snakeden._sessions.SessionCheckout`)."""
+class Checkout(SessionCheckout[Waiter], PipelineCheckout):
+    """The pool's state: workers, the idle set, waiters, leases, counters, phase; sessions
+    (:class:`~snakeden._sessions.SessionCheckout`) and pipelining (``_pipeline``)."""
 
     def __init__(self, config: PoolConfig, *, depth: int = 1) -> None:
         self.config = config
@@ -78,6 +79,8 @@ class Checkout(SessionCheckout[Waiter]):
         self.failures_in_a_row = 0
         self.counters = Counters()
         self.reject: BaseException | None = None  # why calls are refused (closed, broken)
+        self.resending = False  # closing, and a pipelined worker died: its calls come back
+        self.returning = 0  # calls given back to be sent again, not yet queued or leased again
         self._init_sessions()
 
     def __repr__(self) -> str:
@@ -88,12 +91,18 @@ class Checkout(SessionCheckout[Waiter]):
 
     # --- callers -------------------------------------------------------------------------------
 
-    def acquire(self, make_waiter: Callable[[], Waiter]) -> tuple[WorkerHandle | Waiter, bool]:
+    def acquire(
+        self, make_waiter: Callable[[], Waiter], mode: int = FREE, *, again: bool = False
+    ) -> tuple[WorkerHandle | Waiter, bool]:
         """A leased worker now, or a queued waiter (FIFO) that will be assigned one.
 
+        ``mode`` (``_waiters``): whether the call may queue behind another on a pipelined
+        worker (JOIN), and whether others may queue behind it (not ALONE). A call joins a busy
+        worker only when no worker is free and no caller waits. ``again``: a call accepted
+        before, sent again (its worker died before it began), is served while the pool drains.
         The flag says whether the pool should grow (``max_size``)."""
         with self.lock:
-            if self.reject is not None:
+            if self.reject is not None and not (again and self.phase is _CLOSING):
                 self.counters.calls_rejected += 1
                 raise self.reject
             if not self.waiters:
@@ -101,11 +110,12 @@ class Checkout(SessionCheckout[Waiter]):
                     w = self.idle.pop()  # most recently used: warm caches, and lets others idle
                     w.move(BUSY)
                     w.inflight = 1
+                    w.solo = mode == ALONE
                     w.leased_at = self.clock()  # for the live view: busy for how long
                     self.leased += 1
                     return w, False
-                if self.shared:
-                    shared = self._least_loaded()
+                if self.shared and not self._below_max():  # else grow: a new worker is fairer
+                    shared = self._least_loaded(mode)
                     if shared is not None:
                         shared.inflight += 1
                         self.leased += 1
@@ -117,22 +127,9 @@ class Checkout(SessionCheckout[Waiter]):
                     f"{self.config.max_queue}); slow down, add workers or raise max_queue"
                 )
             waiter = make_waiter()
+            waiter.mode = mode
             self.waiters.append(waiter)
             return waiter, self._should_grow()
-
-    def _least_loaded(self) -> WorkerHandle | None:
-        """With pipelining: the busy in-service worker with the fewest calls in flight."""
-        best = None
-        for w in self.workers.values():
-            if (
-                w.state is BUSY
-                and w.inflight < w.depth
-                and not w.retiring
-                and not w.must_retire
-                and (best is None or w.inflight < best.inflight)
-            ):
-                best = w
-        return best
 
     def give_up(
         self, waiter: Waiter, *, cancelled: bool = False
@@ -226,14 +223,23 @@ class Checkout(SessionCheckout[Waiter]):
             self.leased += 1
             act = Actions(flush=w)
         else:
+            # Pipelined with calls still in its pipe: the next of them begins now. A waiter may
+            # take its place behind them only if it may queue (and a session's may not).
+            behind = w.pipelined and w.inflight > 0
+            if behind:
+                w.leased_at = self.clock()
             # Callers of a session pinned to this worker first: they can go nowhere else.
-            waiter = self._next_pinned(w) if self.pinned else None
+            waiter = self._next_pinned(w) if self.pinned and not behind else None
             while waiter is None and self.waiters:
+                if behind and not self._may_queue(w, self.waiters[0].mode):
+                    break  # it waits for a free worker: this one, once its pipe is empty
                 waiter = self.waiters.popleft()
                 if not waiter.alive():
                     waiter = None
             if waiter is not None:
                 waiter.worker = w
+                if w.inflight == 0:
+                    w.solo = waiter.mode == ALONE
                 w.inflight += 1  # the lease passes straight to the waiter
                 w.leased_at = self.clock()
                 self.leased += 1
@@ -277,6 +283,7 @@ class Checkout(SessionCheckout[Waiter]):
             and self.leased == 0
             and not self.waiters
             and not self.pinned
+            and not self.returning
         )
 
     def fail(self, w: WorkerHandle, cause: Cause) -> bool:
@@ -320,8 +327,7 @@ class Checkout(SessionCheckout[Waiter]):
             if w.state is not STARTING:
                 return False, None  # stopped by close() meanwhile; its exit finishes it
             w.ready_at = w.last_used = self.clock()
-            w.depth = max(w.depth, self.depth)  # the HELLO's concurrency, or the pipeline
-            self.shared = self.shared or w.depth > 1
+            self._pipeline(w)
             w.move(BUSY)
             w.inflight = 1
             self.leased += 1
@@ -363,7 +369,9 @@ class Checkout(SessionCheckout[Waiter]):
             if self.phase in (Phase.STOPPING, Phase.CLOSED):
                 return close_now, False
             if self.phase is Phase.CLOSING and not self.waiters:
-                return close_now, False
+                if w.inflight <= 1 and not self.returning:
+                    return close_now, False
+                self.resending = True  # calls that waited in its pipe come back to be served
             self.counters.restarts += 1
             by_cause = self.counters.restarts_by_cause
             by_cause[w.cause.name.lower()] = by_cause.get(w.cause.name.lower(), 0) + 1
@@ -381,6 +389,7 @@ class Checkout(SessionCheckout[Waiter]):
             if stop is None:
                 w.move(BUSY)
                 w.inflight = 1
+                w.solo = False
                 w.leased_at, w.current_command = self.clock(), "(health check)"
                 self.leased += 1
             else:
@@ -408,7 +417,9 @@ class Checkout(SessionCheckout[Waiter]):
         """Start workers while running, and while closing if callers still wait to be served."""
         if self.phase in (Phase.RUNNING, Phase.STARTING):
             return self.reject is None
-        return self.phase is Phase.CLOSING and bool(self.waiters)
+        return self.phase is Phase.CLOSING and (
+            bool(self.waiters) or self.resending or self.returning > 0
+        )
 
     def plan_capacity(self) -> list[WorkerHandle | None]:
         """Schedule the starts that bring the pool back to ``size`` workers that are not on
@@ -445,13 +456,18 @@ class Checkout(SessionCheckout[Waiter]):
             return grow
 
     def _should_grow(self) -> bool:
+        if not self._below_max():
+            return False
+        starting = self.scheduled + sum(1 for w in self.workers.values() if w.state is STARTING)
+        return len(self.waiters) > starting
+
+    def _below_max(self) -> bool:
         if self.upper == self.size:
             return False  # no max_size: nothing to decide, and this runs for every queued call
         live = self.scheduled + sum(
             1 for w in self.workers.values() if w.state not in (DEAD, STOPPING)
         )
-        starting = self.scheduled + sum(1 for w in self.workers.values() if w.state is STARTING)
-        return len(self.waiters) > starting and live < self.upper
+        return live < self.upper
 
     def backoff(self) -> float:
         """Seconds to wait before the next start, growing with failures in a row."""
@@ -577,6 +593,8 @@ class Checkout(SessionCheckout[Waiter]):
                 assert (w.state is IDLE) == (w in self.idle), f"idle set vs {w!r}"
                 if w.state is BUSY:
                     assert w.inflight > 0, f"busy with no lease: {w!r}"
+                    assert not (w.solo and w.inflight > 1), f"a call queued behind solo {w!r}"
+                assert w.pipelined <= (w.depth > 1), f"pipelined at depth 1: {w!r}"
                 if w.state in (STOPPING, DEAD):
                     assert w.cause is not None, f"out of service without a cause: {w!r}"
                 assert w.inflight <= max(1, w.depth), f"over depth: {w!r}"

@@ -105,9 +105,15 @@ class PoolOptions(TypedDict, total=False):
     * ``queue_timeout`` (default: none): how long a call may wait for a free worker
       (``QueueTimeout``); ``max_queue`` (default 100000): callers that may wait at once
       (beyond it, ``PoolSaturated``).
-    * ``pipeline`` (default 1): calls in flight per worker (asyncio ``Pool`` only). Above 1, a
-      call may queue behind another on a busy worker: more throughput for many tiny calls, less
-      fairness, and a crash fails every call queued on that worker.
+    * ``pipeline`` (default 1): calls in flight per worker (asyncio ``Pool``; ``SyncPool`` runs
+      one at a time per worker). Above 1, when no worker is free and no caller waits, a call
+      without a timeout may wait in a busy worker's pipe behind the call it runs, if that call
+      began under 10 ms ago (``_pipeline.BEHIND_LIMIT``). A crash or timeout fails only the
+      running call: the calls behind it never began (the worker notes each call it begins) and
+      run on another worker. Only local Python workers take calls behind others (not Node, not
+      Ray). Its two costs keep it off by default: calls that wait for one another (a barrier
+      across calls) can deadlock when one waits behind another (give them a timeout), and a
+      worker that writes garbage also loses the replies of the calls it ran after it.
     * ``max_frame_size`` (default 256 MiB): the largest message either way (``PayloadTooLarge``).
     * ``shm_threshold`` (default 64 KiB; ``None``: never): byte buffers of at least this many
       bytes in a call's arguments or result (``bytes``, ``bytearray``, ``memoryview``, at the
@@ -115,9 +121,9 @@ class PoolOptions(TypedDict, total=False):
       arrays and other out-of-band pickle buffers) go through a shared-memory region each
       worker keeps for its whole life, one copy each way, instead of the pipe. Values arrive as
       they would by pipe (``bytes``; numpy arrays over their own writable memory). Local Python
-      workers with ``pipeline=1``, not on Ray; elsewhere calls go by pipe. Each region grows to
-      the largest message through it (and shrinks back when much smaller ones follow); it is
-      freed with its worker.
+      workers, not on Ray; elsewhere, and for a call sent behind another, calls go by pipe.
+      Each region grows to the largest message through it (and shrinks back when much smaller
+      ones follow); it is freed with its worker.
     * ``cancel_grace`` (default 5 s): a worker whose caller was cancelled gets this long to
       stop the call before it is killed.
     * ``stream_window`` (default 64): items a streaming command may run ahead of its reader

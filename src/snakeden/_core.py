@@ -55,6 +55,7 @@ from snakeden._output import tail_text
 from snakeden._process import CommandLauncher, Launcher, SpawnLauncher
 from snakeden._protocol import (
     KIND_CALL,
+    NO_REGION,
     PICKLE,
     SESSION_ID,
     Frame,
@@ -68,7 +69,7 @@ from snakeden._reaper import RunRecord, reap_leftovers
 from snakeden._sessions import SessionRecord
 from snakeden._stats import Outcome, PoolStats
 from snakeden._supervisor import Supervisor
-from snakeden._waiters import AsyncWaiter, QueuedCall, ThreadWaiter
+from snakeden._waiters import FREE, AsyncWaiter, QueuedCall, ThreadWaiter
 
 if TYPE_CHECKING:
     from snakeden._tracing import CallTracer
@@ -93,14 +94,13 @@ class PoolCore:
         self.loop = loop
         self.run_tag = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.pickle = config.serializer == "pickle"
-        # Shared-memory regions (see _regions): local Python workers, one call per worker at a
-        # time (a region holds one message), and a writable /dev/shm.
+        # Shared-memory regions (see _regions): local Python workers and a writable /dev/shm.
+        # A region holds one message: a call sent behind another goes by pipe (NO_REGION).
         self.shm = (
             config.shm_threshold
             if config.shm_threshold is not None
             and config.command is None
             and config.backend == "local"  # a Ray worker's node has its own /dev/shm
-            and config.pipeline == 1
             and _shm.available()
             else None
         )
@@ -152,12 +152,22 @@ class PoolCore:
         return ThreadWaiter()
 
     async def checkout_async(
-        self, queue_timeout: float | None, session: SessionRecord | None = None
+        self,
+        queue_timeout: float | None,
+        session: SessionRecord | None = None,
+        mode: int = FREE,
+        again: bool = False,
     ) -> tuple[WorkerHandle, float]:
-        if session is None:
-            got, grow = self.checkout.acquire(self._async_waiter)
-        else:
-            got, grow = self.checkout.acquire_session(session, self._async_waiter)
+        """A worker leased to the caller (``mode``, ``again``: see Checkout.acquire), and the
+        time waited."""
+        try:
+            if session is None:
+                got, grow = self.checkout.acquire(self._async_waiter, mode, again=again)
+            else:
+                got, grow = self.checkout.acquire_session(session, self._async_waiter)
+        finally:
+            if again:
+                self._returned()
         if isinstance(got, WorkerHandle):
             return got, 0.0
         if grow:
@@ -193,12 +203,16 @@ class PoolCore:
         return self.queue_timeout_error(0.0 if t0 is None else time.perf_counter() - t0)
 
     def checkout_blocking(
-        self, queue_timeout: float | None, session: SessionRecord | None = None
+        self, queue_timeout: float | None, session: SessionRecord | None = None, again: bool = False
     ) -> tuple[WorkerHandle, float]:
-        if session is None:
-            got, grow = self.checkout.acquire(self._thread_waiter)
-        else:
-            got, grow = self.checkout.acquire_session(session, self._thread_waiter)
+        try:
+            if session is None:
+                got, grow = self.checkout.acquire(self._thread_waiter, again=again)
+            else:
+                got, grow = self.checkout.acquire_session(session, self._thread_waiter)
+        finally:
+            if again:
+                self._returned()
         if isinstance(got, WorkerHandle):
             return got, 0.0
         if grow:
@@ -221,6 +235,10 @@ class PoolCore:
             return late, time.perf_counter() - t0
         assert got.worker is not None
         return got.worker, time.perf_counter() - t0
+
+    def _returned(self) -> None:
+        if self.checkout.returned():
+            self.sup.call_soon(self.sup.drained.set)
 
     def _after_give_up(self, late: WorkerHandle | None, drained: bool) -> None:
         if late is not None:
@@ -285,6 +303,8 @@ class PoolCore:
         Both fronts write a plain call's frame inline instead (the per-call path). On failure
         the lease is given back and nothing is sent."""
         sent = body if type(body) is bytes else self.place(w, body)  # type: ignore[arg-type]
+        if w.inflight > 1:
+            flags |= NO_REGION  # behind another call, whose reply may be in the region
         if self.tracing is None:
             data = encode_header(KIND_CALL, ident, len(sent), flags) + sent
         else:  # opens the call's span; the worker may get its trace context
@@ -301,7 +321,7 @@ class PoolCore:
         """The body to send ``w``: a call's large buffers written to its region, or (a worker
         without one) the call encoded whole. On failure the lease is given back."""
         try:
-            if w.region_in is None:
+            if w.region_in is None or w.inflight > 1:  # no region, or it may hold another call
                 return body.by_pipe()
             w.region_in.put(body.buffers)
         except BaseException:
@@ -343,13 +363,19 @@ class PoolCore:
         attempt: int,
         *,
         may_retry: bool = True,
+        again: bool = False,
     ) -> bool:
         """The channel ended during a call: the worker is finished either way. True when the
         call provably never reached it and should go to another worker (the caller retries;
-        ``may_retry`` False: a strict session's call, which no other worker can run)."""
+        ``may_retry`` False: a strict session's call, which no other worker can run; ``again``:
+        the caller retries by a checkout with ``again=True``, so that a draining pool waits)."""
         retry = may_retry and lost.unsent and attempt + 1 < MAX_DISPATCHES
         self.worker_failed(w, Cause.PROTOCOL if _is_violation(lost) else Cause.CRASHED)
-        if retry:
+        if retry and again:  # the caller takes a worker at once, with again=True
+            act = self.checkout.resend(w)
+            if act is not None:
+                self.sup.act(act)
+        elif retry:
             with self.checkout.lock:
                 self.checkout.counters.calls_redispatched += 1
             self.release(w, None)

@@ -129,6 +129,10 @@ class WorkerHandle:
         # context (the CONTEXT flag). Never set for a worker that did not ask.
         self.takes_context = False
         self.depth = 1  # calls in flight at most: the pool's pipeline, or the HELLO concurrency
+        # Runs its calls one at a time, and takes up to ``depth`` (the pool's pipeline) in
+        # flight: the others wait in its pipe, behind the running one (see Checkout.ready).
+        self.pipelined = False
+        self.solo = False  # pipelined, and its lease's call lets nothing queue behind it
         self.features: tuple[str, ...] = ()  # its HELLO's, e.g. "session"
         # Sessions homed here (see _sessions); while any is open, recycling waits up to
         # session_hold from ``held_since``, and shrinking passes this worker by.

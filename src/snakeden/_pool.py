@@ -13,18 +13,25 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn, Unpack
 
-from snakeden import _commands, _host_calls, _mapping, _progress
+from snakeden import _commands, _host_calls, _mapping, _progress, _shm
 from snakeden._calls import Command
-from snakeden._channel import ChannelLost
+from snakeden._channel import Channel, ChannelLost, ident_begun
 from snakeden._config import PoolOptions, make_config
 from snakeden._core import PoolCore
 from snakeden._errors import CallTimeout, PoolClosed, QueueTimeout, SessionExpired
 from snakeden._handle import Cause, WorkerHandle
-from snakeden._protocol import FEATURE_CANCEL, KIND_CALL, Kind, encode_frame, encode_header
+from snakeden._protocol import (
+    FEATURE_CANCEL,
+    KIND_CALL,
+    NO_REGION,
+    Kind,
+    encode_frame,
+    encode_header,
+)
 from snakeden._sessions import Affinity, SessionRecord, check_affinity, session_ttl
 from snakeden._stats import Outcome, PoolStats
 from snakeden._streams import Stream
-from snakeden._waiters import QueuedCall
+from snakeden._waiters import FREE, JOIN, QueuedCall
 
 _UNSET: Any = object()
 
@@ -158,12 +165,15 @@ class Pool:
         name, flags, body = core.encode_call(cmd, args, kwargs, batch=batch)
         timeout = cfg.call_timeout if timeout is _UNSET else timeout
         plain = type(body) is bytes and core.tracing is None and session is None
+        # A call with a timeout never waits behind another in a worker's pipe (its time would
+        # run there), nor one from a host function (it could wait behind the call waiting on it).
+        mode = JOIN if timeout is None and _host_calls.inside() is None else FREE
         attempt = 0
         while True:
             queued = None
             if plain and timeout is None and attempt == 0:
                 # Queued, it is sent by the step that frees a worker (QueuedCall).
-                got, grow = core.checkout.acquire(lambda: core.queued_call(name, flags, body))
+                got, grow = core.checkout.acquire(lambda: core.queued_call(name, flags, body), mode)
                 if isinstance(got, WorkerHandle):
                     w, waited = got, 0.0
                 else:
@@ -172,7 +182,7 @@ class Pool:
                     if grow:
                         core.sup.call_soon(core.sup.grow)
             else:
-                w, waited = await core.checkout_async(cfg.queue_timeout, session)
+                w, waited = await core.checkout_async(cfg.queue_timeout, session, mode, attempt > 0)
             timer = None
             if queued is None:
                 t1 = time.perf_counter()
@@ -181,7 +191,9 @@ class Pool:
                 assert channel is not None
                 ident = channel.next_id()
                 if plain:
-                    data = encode_header(KIND_CALL, ident, len(body), flags) + body
+                    # Behind another call (NO_REGION): whose reply may hold the worker's region.
+                    f = flags if w.inflight == 1 else flags | NO_REGION
+                    data = encode_header(KIND_CALL, ident, len(body), f) + body
                 else:  # shared memory, tracing or a session: core.call_frame says it once
                     data = core.call_frame(w, name, ident, flags, body, waited, attempt, session)
                 fut = channel.expect(ident)
@@ -218,7 +230,7 @@ class Pool:
                     self._abandon(w, ident, waited, time.perf_counter() - t1)
                 raise
             except _Expired:
-                if w.depth > 1 and FEATURE_CANCEL in w.features:
+                if w.depth > 1 and not w.pipelined and FEATURE_CANCEL in w.features:
                     # Other calls share this worker: stop this one only (the worker is killed
                     # only if the command ignores the CANCEL past cancel_grace).
                     self._abandon(w, ident, waited, time.perf_counter() - t1, "timeout")
@@ -233,7 +245,7 @@ class Pool:
                 if timer is not None:
                     timer.cancel()
                 strict = session is not None and session.strict
-                if core.call_lost(w, lost, waited, t1, attempt, may_retry=not strict):
+                if core.call_lost(w, lost, waited, t1, attempt, may_retry=not strict, again=True):
                     attempt += 1
                     continue  # it never reached the worker: another one runs it
                 if strict and lost.unsent:
@@ -302,12 +314,28 @@ class Pool:
             return
         # A reply that came in the same loop turn as the cancellation is claimed here at once.
         drain = channel.expect(ident)
-        kill = None
+        kill: asyncio.TimerHandle | None = None
+        grace = self.config.cancel_grace
+        seen_begun = False
+
+        def overdue() -> None:
+            # Waiting in a pipelined worker's pipe, the call is no reason to kill it: the call
+            # it waits behind is someone else's. Its grace runs from when it begins.
+            nonlocal kill, seen_begun
+            began = seen_begun or not _waiting(channel, ident)
+            if began and seen_begun:
+                core.worker_failed(w, Cause.CANCEL_IGNORED)
+            else:
+                seen_begun = began
+                kill = core.loop.call_later(grace, overdue)
+
         if not drain.done():
-            channel.notify(encode_frame(Kind.CANCEL, ident))
-            kill = core.loop.call_later(
-                self.config.cancel_grace, core.worker_failed, w, Cause.CANCEL_IGNORED
-            )
+            if w.pipelined and channel.begun is not None and _waiting(channel, ident):
+                _shm.note_skip(channel.begun, ident)  # not begun: the worker skips it
+                kill = core.loop.call_later(grace, overdue)
+            else:
+                kill = core.loop.call_later(grace, core.worker_failed, w, Cause.CANCEL_IGNORED)
+            channel.notify(encode_frame(Kind.CANCEL, ident))  # begun meanwhile: it may stop
 
         def done(f: asyncio.Future[Any]) -> None:
             if kill is not None:
@@ -571,6 +599,13 @@ def describe(front: object, core: PoolCore | None) -> str:
 
 class _Expired(Exception):
     pass
+
+
+def _waiting(channel: Channel, ident: int) -> bool:
+    """Whether call ``ident`` (sent on ``channel``, which notes what its worker begins) is still
+    waiting behind another: ids of one channel increase, modulo 2**32."""
+    assert channel.begun is not None
+    return 0 < (ident - ident_begun(channel.begun)) % (1 << 32) < (1 << 31)
 
 
 def _expire(fut: asyncio.Future[Any]) -> None:

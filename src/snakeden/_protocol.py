@@ -80,6 +80,10 @@ class Flag(enum.IntFlag):
     # is [command, [arg, ...], kwargs]; RESULT: [value, ...], every item succeeded. Sent only
     # to a worker whose HELLO lists the "map_flat" feature.
     FLAT = 0x40
+    # CALL only: answer by pipe, not through the shared-memory region (docs/protocol.md section
+    # 6.10): the host sent the call while another of the worker's was unanswered, whose reply
+    # may still be in the region.
+    NO_REGION = 0x80
 
 
 # Plain ints for the hot paths: IntFlag arithmetic costs ~0.7us per operation.
@@ -96,6 +100,7 @@ KIND_CALL: Final = int(Kind.CALL)
 KIND_RESULT: Final = int(Kind.RESULT)
 KIND_ERROR: Final = int(Kind.ERROR)
 FLAT: Final = int(Flag.FLAT)
+NO_REGION: Final = int(Flag.NO_REGION)
 
 #: HELLO ``features`` value of a worker that accepts CONTEXT on its CALLs.
 FEATURE_TRACE: Final = "trace"

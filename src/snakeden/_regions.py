@@ -13,10 +13,12 @@ would have given), a writable ``bytearray`` under numpy's arrays for pickle. Not
 receiver holds points into the region, so reusing it for the next call cannot change a value
 anyone kept, and the pages, once touched, stay mapped: no page faults after the first call.
 
-A region holds one message at a time, so only pools that never put a second call on a busy
-worker (``pipeline=1``) share regions (the host sets ``SNAKEDEN_SHM_REGIONS`` to the threshold),
-and batches (a map's chunks, several in flight) always go by pipe. A writer grows its region as
-needed (``ftruncate``); the reader maps the larger file when a message reaches past its mapping.
+A region holds one message at a time: a call the host sends while another of the worker's is
+unanswered (pipelining) goes by pipe and carries ``NO_REGION``, so the worker answers it by pipe
+too; only a call sent to a worker with nothing else in flight uses the regions. Batches (a map's
+chunks, several in flight) always go by pipe; workers serving several calls at once have none.
+A writer grows its region as needed (``ftruncate``); the reader maps the larger file when a
+message reaches past its mapping.
 
 Message layout in a region: ``u32 count``, then ``count`` x ``u64 size``, then the buffers, each
 at a 64-byte aligned offset, in index order.

@@ -264,7 +264,14 @@ class SessionCheckout(Generic[W]):
                 if w.state is IDLE:
                     self.idle.remove(w)
                     return self._lease(w), False
-                if w.state is BUSY and w.inflight < w.depth and not w.must_retire:
+                # A worker serving several calls at once takes the session's next; a pipelined
+                # one does not queue it behind the call it runs (a session's calls wait).
+                if (
+                    w.state is BUSY
+                    and w.inflight < w.depth
+                    and not w.must_retire
+                    and not w.pipelined
+                ):
                     w.inflight += 1
                     self.leased += 1
                     return w, False
@@ -289,6 +296,7 @@ class SessionCheckout(Generic[W]):
     def _lease(self, w: WorkerHandle) -> WorkerHandle:
         w.move(BUSY)
         w.inflight = 1
+        w.solo = False
         w.leased_at = self.clock()
         self.leased += 1
         return w

@@ -43,8 +43,16 @@ def remove_leftovers(run_tag: str) -> int:
 # A worker killed while idle can still take a call's bytes from the pipe in its last instant: the
 # kernel finishes a read that was pending when SIGKILL arrived. So "the worker read it" does not
 # mean "the worker ran it". Before it runs a call, a Python worker stores the call's id in a
-# four-byte slot it shares with the host; after a death the host knows exactly which call was
-# begun, and sends the others to another worker.
+# slot it shares with the host; after a death the host knows exactly which call was begun, and
+# sends the others to another worker.
+#
+# The same mapping carries the other way the ids of calls whose callers were cancelled before
+# the worker began them (pipelining: calls wait in the worker's pipe behind the one it runs):
+# word 1 counts the cancels noted, words 2.. are a ring of their ids; a worker that finds the
+# id of the call it is about to begin there skips it (answers ERROR "cancelled") instead.
+
+SLOT_WORDS = 16
+_SKIP_RING = SLOT_WORDS - 2
 
 
 def worker_file(run_tag: str, worker_id: str, suffix: str) -> str:
@@ -57,16 +65,49 @@ def begun_path(run_tag: str, worker_id: str) -> str:
 
 
 def map_slot(path: pathlib.Path | str, *, create: bool) -> memoryview | None:
-    """A four-byte shared slot, as one unsigned int; None where shared memory is unavailable."""
+    """The shared slot, as unsigned ints (the creator's size: an older host's has one word
+    only); None where shared memory is unavailable."""
     try:
         fd = os.open(path, (os.O_RDWR | os.O_CREAT | os.O_EXCL) if create else os.O_RDWR, 0o600)
     except OSError:
         return None
     try:
         if create:
-            os.ftruncate(fd, 4)
-        return memoryview(mmap.mmap(fd, 4)).cast("I")
+            os.ftruncate(fd, 4 * SLOT_WORDS)
+        size = os.fstat(fd).st_size
+        return memoryview(mmap.mmap(fd, size - size % 4)).cast("I")
     except (OSError, ValueError):
         return None
     finally:
         os.close(fd)
+
+
+def note_skip(slot: memoryview, ident: int) -> None:
+    """Host: ask the worker to skip call ``ident`` if it has not begun it (see above)."""
+    if len(slot) < SLOT_WORDS:
+        return
+    n = slot[1]
+    slot[2 + n % _SKIP_RING] = ident
+    slot[1] = (n + 1) & 0xFFFF_FFFF  # after the id: a worker that sees the count sees the id
+
+
+class Skips:
+    """Worker: the ids the host asked it to skip, as last read from the slot."""
+
+    __slots__ = ("count", "ids")
+
+    def __init__(self) -> None:
+        self.count = 0  # the slot's count of ids noted, when last read
+        self.ids: set[int] = set()
+
+    def take(self, slot: memoryview, ident: int) -> bool:
+        """Whether to skip call ``ident``, about to begin (then it is forgotten)."""
+        if self.count != slot[1]:
+            self.count = slot[1]
+            self.ids = set(slot[2:SLOT_WORDS]) - {0}
+        if ident in self.ids:
+            self.ids.discard(ident)
+            return True
+        # Ids at or before this one were cancelled once begun: they are done with.
+        self.ids = {i for i in self.ids if 0 < (i - ident) % (1 << 32) < 1 << 31}
+        return False

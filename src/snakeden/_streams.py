@@ -37,6 +37,7 @@ from snakeden._protocol import (
     encode_frame,
     encode_header,
 )
+from snakeden._waiters import ALONE
 
 if TYPE_CHECKING:
     from snakeden._core import PoolCore
@@ -243,7 +244,8 @@ class Stream:
         rec = self._session
         if rec is not None:
             touch_session(core, rec)
-        w, waited = await core.checkout_async(core.config.queue_timeout, rec)
+        # ALONE: a call queued behind the stream would wait on its reader, who may wait on it.
+        w, waited = await core.checkout_async(core.config.queue_timeout, rec, ALONE)
         if FEATURE_STREAM not in w.features:
             raise _refuse(core, w, self._name)
         wrap = None if rec is None else functools.partial(core.session_frame, rec, w)

@@ -199,7 +199,9 @@ class SyncPool(cf.Executor):
         attempt = 0
         while True:
             w, waited = core.checkout_blocking(
-                cfg.queue_timeout if queue_timeout is _UNSET else queue_timeout, session
+                cfg.queue_timeout if queue_timeout is _UNSET else queue_timeout,
+                session,
+                attempt > 0,
             )
             t1 = time.perf_counter()
             w.current_command = name  # for the live view (snakeden top)
@@ -217,7 +219,7 @@ class SyncPool(cf.Executor):
                 raise core.call_timed_out(w, name, timeout, waited, t1) from None
             except ChannelLost as lost:
                 strict = session is not None and session.strict
-                if core.call_lost(w, lost, waited, t1, attempt, may_retry=not strict):
+                if core.call_lost(w, lost, waited, t1, attempt, may_retry=not strict, again=True):
                     attempt += 1
                     continue  # it never reached the worker: another one runs it
                 if strict and lost.unsent:

@@ -9,22 +9,29 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
-from snakeden._protocol import KIND_CALL, encode_header
+from snakeden._protocol import KIND_CALL, NO_REGION, encode_header
 
 if TYPE_CHECKING:
     from snakeden._handle import WorkerHandle
 
 
+# How a caller takes a worker (pipelining: Checkout.acquire):
+FREE: Final = 0  # a free worker only; calls may queue behind its own (map lanes, timed calls)
+JOIN: Final = 1  # may also queue behind the call a busy worker runs (a plain call, no timeout)
+ALONE: Final = 2  # a free worker, and nothing queues behind it (a stream: its reader paces it)
+
+
 class AsyncWaiter:
     """A task's place in the queue. Woken on the loop, so no lock is needed to resolve it."""
 
-    __slots__ = ("fut", "worker")
+    __slots__ = ("fut", "mode", "worker")
 
     def __init__(self, fut: asyncio.Future[Any]) -> None:
         self.fut = fut  # resolved with the worker (a QueuedCall's: with the reply)
         self.worker: WorkerHandle | None = None  # assigned under the checkout lock
+        self.mode = FREE
 
     def alive(self) -> bool:
         return not self.fut.done()
@@ -68,7 +75,9 @@ class QueuedCall(AsyncWaiter):
         # A lost channel fails the future at once, as unsent: the caller sends it elsewhere.
         channel.expect(ident, self.fut)
         body = self.body
-        channel.send(encode_header(KIND_CALL, ident, len(body), self.flags) + body, ident)
+        # Handed a worker with calls in its pipe (pipelining): behind them, by pipe (NO_REGION).
+        flags = self.flags if w.inflight == 1 else self.flags | NO_REGION
+        channel.send(encode_header(KIND_CALL, ident, len(body), flags) + body, ident)
 
     def lease(self) -> tuple[WorkerHandle, int, float]:
         """The worker, request id and send time of the call, once sent."""
@@ -83,11 +92,12 @@ class QueuedCall(AsyncWaiter):
 class ThreadWaiter:
     """A thread's place in the queue."""
 
-    __slots__ = ("error", "event", "gave_up", "worker")
+    __slots__ = ("error", "event", "gave_up", "mode", "worker")
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self.worker: WorkerHandle | None = None
+        self.mode = FREE
         self.error: BaseException | None = None
         self.gave_up = False
 

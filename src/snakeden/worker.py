@@ -40,6 +40,7 @@ from snakeden._protocol import (
     KIND_CALL,
     KIND_ERROR,
     KIND_RESULT,
+    NO_REGION,
     PICKLE,
     SESSION,
     STREAM,
@@ -120,6 +121,10 @@ class _Server:
             if self.run_tag and worker_id
             else None
         )
+        if self.begun is not None and len(self.begun) < _shm.SLOT_WORDS:
+            self.begun = None  # an older host's slot: no room for the ids to skip
+        self.skips = _shm.Skips()  # calls cancelled before they began (see _shm.note_skip)
+        self.by_pipe = 0  # the running call's NO_REGION flag (see _reply)
         self.link = Link(self)
         _worker_context.fallback = self._current_context
 
@@ -168,6 +173,7 @@ class _Server:
         view = self.view
         backlog = self.backlog
         contexts = self.link.calls
+        skips = self.skips
         while True:
             if not backlog:
                 n = os.readv(self.rfd, [buf])
@@ -183,8 +189,15 @@ class _Server:
                 if frame is None:
                     return 0  # end of file, read while a call ran
                 if frame.kind == KIND_CALL:
-                    if self.begun is not None:
-                        self.begun[0] = frame.id  # before anything of the call can happen
+                    begun = self.begun
+                    if begun is not None:
+                        begun[0] = frame.id  # before anything of the call can happen
+                        if (skips.ids or skips.count != begun[1]) and skips.take(begun, frame.id):
+                            # Its caller went away while it waited behind another call.
+                            self.send_error(
+                                frame.id, 0, kind="cancelled", type_name="", message="cancelled"
+                            )
+                            continue
                     self.current = frame.id
                     self.current_flags = frame.flags
                     if frame.flags & SESSION:
@@ -212,6 +225,7 @@ class _Server:
 
     def handle_call(self, frame: Frame, ctx: Any = None) -> None:
         flags = frame.flags & PICKLE
+        self.by_pipe = frame.flags & NO_REGION  # sent behind another call: see _reply
         # "decode" errors go out in MessagePack whatever the call's codec (docs/protocol.md
         # §5): the host can read them even when the call's codec is what failed.
         try:
@@ -411,6 +425,7 @@ class _Server:
             elif (
                 shared is None
                 or batch  # a batch's chunks may be in flight several at once
+                or self.by_pipe  # sent behind another call: a reply may be unread in the region
                 or t in _NO_BUFFERS
                 or (t is bytes and len(result) < shared.threshold)
             ):

@@ -72,7 +72,9 @@ def test_worker_dying_after_its_reply_is_not_handed_to_the_queued_caller(
     the replacement (not fail with an AssertionError, leak the lease, and hang close())."""
 
     async def body() -> None:
-        front = await _started(size=1, start_method=start_method)
+        # pipeline=1: the second call waits in the pool's queue (with pipelining it would wait
+        # in the worker's pipe, and go elsewhere by the begun slot: tests/test_pipelining.py).
+        front = await _started(size=1, start_method=start_method, pipeline=1)
         pool = front.p
         try:
             (pid,) = pool.worker_pids()

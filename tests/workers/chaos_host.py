@@ -21,7 +21,8 @@ async def main() -> None:
     # Calls in flight on every worker (an hour long), and more queued behind them.
     busy = [asyncio.ensure_future(pool.call("work", i, 3_600_000.0)) for i in range(12)]
     await asyncio.sleep(0)  # a yield: each call takes its worker or its place in line
-    assert pool.stats().in_flight == 4 and pool.stats().queued == 8
+    s = pool.stats()  # some may wait in a busy worker's pipe (pipelining) rather than in line
+    assert s.in_flight >= 4 and s.in_flight + s.queued == 12
     core = pool._core
     assert core is not None
     info = {

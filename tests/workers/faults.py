@@ -83,6 +83,17 @@ def block_until(path: str, release: str) -> None:
 
 
 @snakeden.command
+def exit_when_told(path: str, release: str) -> None:
+    """Create ``path`` (the call is running), then end the worker's process abruptly once the
+    test writes to the FIFO ``release``."""
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    with open(release) as f:
+        f.read(1)
+    os._exit(3)
+
+
+@snakeden.command
 def record(path: str, token: str) -> str:
     """Append ``token`` to ``path``: a record that the call was executed."""
     with open(path, "a") as f:

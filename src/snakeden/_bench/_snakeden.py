@@ -190,7 +190,7 @@ def run_node(
 def _new_pool(
     size: int,
     preload: tuple[str, ...] = (),
-    pipeline: int = 1,
+    pipeline: int | None = None,
     *,
     command: list[str] | None = None,
     by_pipe: bool = False,
@@ -198,9 +198,12 @@ def _new_pool(
 ) -> snakeden.Pool:
     """A pool with default settings but for what is named (``by_pipe``: shm_threshold=None;
     ``ray``: each worker under a Ray actor, _bench/_ray.py connected Ray first)."""
+    options: snakeden.PoolOptions = {"size": size}
+    if pipeline is not None:  # else the default, as a user gets it
+        options["pipeline"] = pipeline
     if ray:
-        return snakeden.Pool(SNAKEDEN_MODULES[preload], size=size, pipeline=pipeline, backend="ray")
-    options: snakeden.PoolOptions = {"size": size, "pipeline": pipeline}
+        options["backend"] = "ray"
+        return snakeden.Pool(SNAKEDEN_MODULES[preload], **options)
     if by_pipe:
         options["shm_threshold"] = None
     if command is not None:

@@ -1,0 +1,121 @@
+"""Pipelining (``pipeline=4`` here; off by default): calls waiting in a busy worker's pipe
+behind the call it runs.
+
+A worker runs its calls one at a time and notes each one it begins, so when it dies (a crash, a
+timeout) the calls behind the running one provably never began: they run on another worker and
+only the running call fails. A call cancelled while it waits is skipped, and the call ahead of
+it is not disturbed. The pool's clock is frozen here, so that a call always may queue behind the
+running one (in use, only behind one that began less than ``BEHIND_LIMIT`` ago).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import tempfile
+
+import pytest
+
+import snakeden
+from tests.conftest import run
+from tests.rendezvous import Rendezvous
+
+FAULTS = "tests.workers.faults"
+
+
+def frozen() -> float:
+    return 0.0
+
+
+async def _queued_behind(pool: snakeden.Pool, log: pathlib.Path, n: int) -> list[asyncio.Task]:
+    """``n`` calls and a getpid sent behind the running one: in the worker's pipe
+    (pipeline=4 holds them all), not in the pool's queue."""
+    calls = [asyncio.create_task(pool.call("record", str(log), f"b{i}")) for i in range(n)]
+    calls.append(asyncio.create_task(pool.call("getpid")))
+    await asyncio.sleep(0)  # each task runs up to its send
+    s = pool.stats()
+    assert (s.queued, s.in_flight) == (0, n + 2)
+    return calls
+
+
+def test_a_crash_fails_only_the_running_call_and_those_behind_it_run_elsewhere() -> None:
+    async def body() -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            flag, log = Rendezvous(tmp), pathlib.Path(tmp, "log")
+            release = os.path.join(tmp, "release")
+            os.mkfifo(release)
+            async with snakeden.Pool(FAULTS, size=1, clock=frozen, pipeline=4) as pool:
+                head = asyncio.create_task(pool.call("exit_when_told", str(flag), release))
+                victim = int(await flag.wait_async())
+                behind = await _queued_behind(pool, log, 2)
+                await asyncio.to_thread(pathlib.Path(release).write_text, "x")
+                with pytest.raises(snakeden.WorkerCrashed, match="exit_when_told"):
+                    await head
+                *tokens, pid = await asyncio.gather(*behind)
+                assert tokens == ["b0", "b1"] and pid != victim
+                assert sorted(log.read_text().split()) == ["b0", "b1"]  # once each
+                s = pool.stats()
+                assert s.calls_crashed == 1 and s.calls_redispatched == 3 and s.calls_ok == 3
+
+    run(body())
+
+
+def test_a_timeout_fails_only_the_running_call_and_those_behind_it_run_elsewhere() -> None:
+    async def body() -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            flag, log = Rendezvous(tmp), pathlib.Path(tmp, "log")
+            async with snakeden.Pool(FAULTS, size=1, clock=frozen, pipeline=4) as pool:
+                head = asyncio.create_task(pool.call("block", str(flag), 3600, timeout=1.0))
+                victim = int(await flag.wait_async())
+                behind = await _queued_behind(pool, log, 2)
+                with pytest.raises(snakeden.CallTimeout):
+                    await head
+                *tokens, pid = await asyncio.gather(*behind)
+                assert tokens == ["b0", "b1"] and pid != victim
+                assert sorted(log.read_text().split()) == ["b0", "b1"]
+                s = pool.stats()
+                assert s.calls_timed_out == 1 and s.calls_redispatched == 3
+
+    run(body())
+
+
+def test_a_call_cancelled_behind_another_is_skipped_and_the_running_one_goes_on() -> None:
+    async def body() -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            flag, log = Rendezvous(tmp), pathlib.Path(tmp, "log")
+            # The running call outlasts cancel_grace several times over: waiting behind it is
+            # no reason to kill the worker.
+            async with snakeden.Pool(
+                FAULTS, size=1, clock=frozen, cancel_grace=0.2, pipeline=4
+            ) as pool:
+                head = asyncio.create_task(pool.call("block", str(flag), 1.0))
+                victim = int(await flag.wait_async())
+                dropped = asyncio.create_task(pool.call("record", str(log), "dropped"))
+                kept = asyncio.create_task(pool.call("record", str(log), "kept"))
+                await asyncio.sleep(0)
+                dropped.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await dropped
+                assert await head is None
+                assert await kept == "kept"
+                assert await pool.call("getpid") == victim  # the same worker throughout
+                assert log.read_text().split() == ["kept"]  # the cancelled call never ran
+                s = pool.stats()
+                assert s.restarts == 0 and s.calls_cancelled == 1 and s.in_flight == 0
+
+    run(body())
+
+
+def test_large_results_of_calls_in_one_pipe_arrive_whole() -> None:
+    """Shared-memory regions hold one message: a call sent behind another is answered by pipe
+    (NO_REGION), while the first may answer through the region."""
+
+    async def body() -> None:
+        async with snakeden.Pool(FAULTS, size=1, clock=frozen, pipeline=4) as pool:
+            payloads = [bytes([i]) * (256 * 1024 + i) for i in range(6)]
+            got = await asyncio.gather(*(pool.call("echo", p) for p in payloads))
+            assert got == payloads
+            assert pool.stats().calls_ok == 6
+
+    run(body())
