@@ -4,6 +4,7 @@ Calls run concurrently on workers that survive crashes of their peers, are kille
 hangs, keep state between calls, and speak a small language-neutral protocol.
 """
 
+from snakeden._async_sessions import AsyncSession
 from snakeden._commands import command, concurrency
 from snakeden._config import PoolOptions, RayOptions
 from snakeden._errors import (
@@ -37,7 +38,7 @@ from snakeden._errors import (
     WorkerStartError,
 )
 from snakeden._events import EventKind, WorkerEvent
-from snakeden._pool import AsyncSession, Pool
+from snakeden._pool import Pool
 from snakeden._sessions import Affinity
 from snakeden._stats import Percentiles, PoolStats
 from snakeden._streams import Stream

@@ -36,6 +36,9 @@ from snakeden._protocol import (
     encode_body,
 )
 
+# A keyword left out (``timeout``: the pool's ``call_timeout``), where None has its own meaning.
+UNSET: Any = object()
+
 Command = str | Callable[..., Any]
 
 

@@ -24,6 +24,7 @@ from typing import Final
 from snakeden._config import PoolConfig
 from snakeden._errors import PoolClosed, PoolSaturated
 from snakeden._handle import BUSY, DEAD, IDLE, STARTING, STOPPING, Cause, WorkerHandle
+from snakeden._invariants import check_invariants
 from snakeden._pipeline import PipelineCheckout
 from snakeden._sessions import SessionCheckout
 from snakeden._stats import Counters, Outcome, Percentiles, PoolStats
@@ -582,27 +583,7 @@ class Checkout(SessionCheckout[Waiter], PipelineCheckout):
 
     def check_invariants(self) -> None:
         """Raise AssertionError if the bookkeeping disagrees with itself (tests call this)."""
-        with self.lock:
-            ws = list(self.workers.values())
-            held = sum(w.inflight for w in ws)
-            assert held == self.leased, f"leased={self.leased} but workers hold {held}: {ws}"
-            for w in self.idle:
-                assert w.state is IDLE and w.inflight == 0, f"bad idle worker {w!r}"
-                assert self.workers.get(w.id) is w, f"idle worker {w!r} not registered"
-            for w in ws:
-                assert (w.state is IDLE) == (w in self.idle), f"idle set vs {w!r}"
-                if w.state is BUSY:
-                    assert w.inflight > 0, f"busy with no lease: {w!r}"
-                    assert not (w.solo and w.inflight > 1), f"a call queued behind solo {w!r}"
-                assert w.pipelined <= (w.depth > 1), f"pipelined at depth 1: {w!r}"
-                if w.state in (STOPPING, DEAD):
-                    assert w.cause is not None, f"out of service without a cause: {w!r}"
-                assert w.inflight <= max(1, w.depth), f"over depth: {w!r}"
-            assert self.scheduled >= 0, f"scheduled={self.scheduled}"
-            self._check_session_invariants()
-            if self.phase is Phase.CLOSED:
-                assert not self.waiters and self.leased == 0, f"closed with work: {self!r}"
-                assert all(w.state is DEAD for w in ws), f"closed, alive: {ws}"
+        check_invariants(self)
 
 
 _LIVE = (STARTING, IDLE, BUSY)

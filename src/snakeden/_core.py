@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -37,6 +36,7 @@ from snakeden._calls import Command, RegionBody, decode_reply, encode_call, unpa
 from snakeden._channel import ChannelLost
 from snakeden._checkout import Checkout, Phase
 from snakeden._config import PoolConfig
+from snakeden._crashes import MAX_DISPATCHES, crash_error, is_violation
 from snakeden._errors import (
     CallTimeout,
     PayloadTooLarge,
@@ -44,15 +44,13 @@ from snakeden._errors import (
     QueueTimeout,
     SessionLost,
     WorkerCrashed,
-    WorkerLost,
     WorkerStartError,
-    describe_exit,
 )
 from snakeden._events import EventHub
 from snakeden._handle import Cause, WorkerHandle
 from snakeden._host_calls import HostFunctions, refuse_waiting
-from snakeden._output import tail_text
-from snakeden._process import CommandLauncher, Launcher, SpawnLauncher
+from snakeden._launchers import make_launcher
+from snakeden._process import Launcher
 from snakeden._protocol import (
     KIND_CALL,
     NO_REGION,
@@ -60,7 +58,6 @@ from snakeden._protocol import (
     SESSION_ID,
     Frame,
     Kind,
-    ProtocolViolation,
     encode_frame,
     encode_header,
     session_call,
@@ -73,10 +70,6 @@ from snakeden._waiters import FREE, AsyncWaiter, QueuedCall, ThreadWaiter
 
 if TYPE_CHECKING:
     from snakeden._tracing import CallTracer
-
-# A call is sent again when its worker provably never had it; a bound, so that a pool whose
-# every new worker dies at once cannot keep one caller going round for ever.
-MAX_DISPATCHES = 10
 
 
 class PoolCore:
@@ -370,7 +363,7 @@ class PoolCore:
         ``may_retry`` False: a strict session's call, which no other worker can run; ``again``:
         the caller retries by a checkout with ``again=True``, so that a draining pool waits)."""
         retry = may_retry and lost.unsent and attempt + 1 < MAX_DISPATCHES
-        self.worker_failed(w, Cause.PROTOCOL if _is_violation(lost) else Cause.CRASHED)
+        self.worker_failed(w, Cause.PROTOCOL if is_violation(lost) else Cause.CRASHED)
         if retry and again:  # the caller takes a worker at once, with again=True
             act = self.checkout.resend(w)
             if act is not None:
@@ -400,41 +393,7 @@ class PoolCore:
     def crash_error(self, w: WorkerHandle, lost: ChannelLost, command: str) -> WorkerCrashed:
         """The exception for the caller whose call was running when the worker died (call it
         once the exit is known: it names the exit status and the last stderr lines)."""
-        assert w.proc is not None
-        code = w.proc.returncode
-        tail = w.stderr_tail()
-        what = describe_exit(code)
-        if _is_violation(lost):
-            cls: type[WorkerCrashed] = ProtocolError
-            head = (
-                f"worker {w.id} (pid {w.pid}) broke the protocol while running {command!r}: "
-                f"{lost.cause}; it was killed and is being replaced"
-            )
-        elif w.proc.lost is not None:
-            return WorkerLost(
-                f"worker {w.id} (pid {w.pid} on node {w.proc.node}) was lost while running "
-                f"{command!r}: {w.proc.lost}. The call may or may not have run; the pool is "
-                f"replacing the worker on the nodes that remain" + tail_text(tail),
-                node=w.proc.node,
-                exitcode=code,
-                stderr_tail=tail,
-                worker_id=w.id,
-                pid=w.pid,
-            )
-        elif w.cause is Cause.CLOSED:
-            cls = WorkerCrashed
-            head = (
-                f"worker {w.id} (pid {w.pid}) was stopped by close() while running {command!r} "
-                f"(the drain timeout passed): {what}"
-            )
-        else:
-            cls = WorkerCrashed
-            head = f"worker {w.id} (pid {w.pid}) died while running {command!r}: {what}"
-            if lost.unsent:
-                head += f" (it died before the call reached it, {MAX_DISPATCHES} times in a row)"
-        return cls(
-            head + tail_text(tail), exitcode=code, stderr_tail=tail, worker_id=w.id, pid=w.pid
-        )
+        return crash_error(w, lost, command)
 
     # --- sessions --------------------------------------------------------------------------------
 
@@ -582,40 +541,3 @@ class PoolCore:
                 for w in self.checkout.workers.values()
                 if w.proc is not None and not w.proc.exited
             ]
-
-
-def _is_violation(lost: ChannelLost) -> bool:
-    return isinstance(lost.cause, ProtocolViolation)
-
-
-def make_launcher(config: PoolConfig, run_tag: str, env: dict[str, str]) -> Launcher:
-    """The launcher for ``start_method``: ``auto`` forks from a template where it can; a
-    ``command`` (any program speaking the protocol) is always spawned from its argv; the Ray
-    backend starts each worker under a Ray actor on a cluster node (``_ray_launcher``)."""
-    if config.backend == "ray":
-        from snakeden._ray_launcher import RayLauncher  # imports Ray itself only in start()
-
-        return RayLauncher(config, env)
-    if config.command is not None:
-        return CommandLauncher(config.command)
-    method = config.start_method
-    if method == "auto":
-        same_python = config.python is None or os.path.realpath(config.python) == os.path.realpath(
-            sys.executable
-        )
-        method = (
-            "fork" if hasattr(os, "fork") and sys.platform == "linux" and same_python else "spawn"
-        )
-    if method == "fork":
-        from snakeden._template import ForkLauncher
-
-        return ForkLauncher(
-            config.target,
-            config.preload,
-            python=config.python,
-            env=env,
-            cwd=config.cwd,
-            run_tag=run_tag,
-            start_timeout=config.start_timeout,
-        )
-    return SpawnLauncher()

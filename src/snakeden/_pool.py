@@ -14,11 +14,13 @@ from collections.abc import Callable, Iterable
 from typing import Any, NoReturn, Unpack
 
 from snakeden import _commands, _host_calls, _mapping, _progress, _shm
+from snakeden._async_sessions import AsyncSession
+from snakeden._calls import UNSET as _UNSET
 from snakeden._calls import Command
 from snakeden._channel import Channel, ChannelLost, ident_begun
 from snakeden._config import PoolOptions, make_config
 from snakeden._core import PoolCore
-from snakeden._errors import CallTimeout, PoolClosed, QueueTimeout, SessionExpired
+from snakeden._errors import CallTimeout, PoolClosed, QueueTimeout
 from snakeden._handle import Cause, WorkerHandle
 from snakeden._protocol import (
     FEATURE_CANCEL,
@@ -32,8 +34,6 @@ from snakeden._sessions import Affinity, SessionRecord, check_affinity, session_
 from snakeden._stats import Outcome, PoolStats
 from snakeden._streams import Stream
 from snakeden._waiters import FREE, JOIN, QueuedCall
-
-_UNSET: Any = object()
 
 # The loop holds its tasks only weakly: without this, a pool its owner dropped while open would
 # be garbage together with its guard, which then never closes it.
@@ -465,111 +465,6 @@ class Pool:
 
     def __repr__(self) -> str:
         return describe(self, self._core)
-
-
-class AsyncSession:
-    """A session of a :class:`Pool` (see :meth:`Pool.session`): ``async with`` it, or
-    ``await close()`` it. Its calls run where its state is, by its affinity."""
-
-    def __init__(self, pool: Pool, core: PoolCore, affinity: Affinity, ttl: float | None) -> None:
-        self._pool = pool
-        self._core = core
-        self.affinity = affinity
-        self.ttl = ttl
-        self._rec: SessionRecord | None = None
-
-    async def open(self) -> AsyncSession:
-        """Open the session (``async with`` does this): registers it and picks its worker.
-        Raises :class:`SessionLimit` past ``max_sessions`` and :class:`SessionsUnsupported`
-        when the workers do not keep sessions."""
-        if self._rec is not None:
-            raise RuntimeError("the session is already open")
-        self._rec = self._core.checkout.open_session(self.affinity, self.ttl)
-        return self
-
-    async def __aenter__(self) -> AsyncSession:
-        return await self.open()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Drop the session's state in its worker. Calls after this raise SessionClosed."""
-        if self._rec is not None:
-            self._core.close_session(self._rec)
-
-    @property
-    def id(self) -> int:
-        """The session's id: ``snakeden.context().session.id`` in the worker."""
-        return self._open_record().id
-
-    @property
-    def worker_id(self) -> str | None:
-        """The id of the worker holding the session's state (None: none at the moment)."""
-        home = self._open_record().home
-        return home.id if home is not None else None
-
-    def _open_record(self) -> SessionRecord:
-        if self._rec is None:
-            raise RuntimeError("the session is not open: use 'async with pool.session() as s'")
-        return self._rec
-
-    async def call(
-        self, cmd: Command, /, *args: Any, timeout: float | None = _UNSET, **kwargs: Any
-    ) -> Any:
-        """Like :meth:`Pool.call`, on the worker holding this session's state."""
-        return await self.call_with(cmd, args, kwargs, timeout=timeout)
-
-    async def call_with(
-        self,
-        cmd: Command,
-        args: tuple[Any, ...] | list[Any] = (),
-        kwargs: dict[str, Any] | None = None,
-        *,
-        timeout: float | None = _UNSET,
-    ) -> Any:
-        rec = self._begin()
-        try:
-            return await self._pool.call_with(cmd, args, kwargs, timeout=timeout, session=rec)
-        finally:
-            self._core.checkout.session_done(rec)
-
-    def stream(
-        self, cmd: Command, /, *args: Any, timeout: float | None = _UNSET, **kwargs: Any
-    ) -> Stream:
-        """Like :meth:`Pool.stream`, on the worker holding this session's state (the generator
-        sees it as ``snakeden.context().session``). Its start is a use of the session; it does
-        not hold the session under way, so one longer than ``ttl`` alone can let it expire."""
-        return self._pool._stream(cmd, args, kwargs, timeout, self._open_record())
-
-    async def map(
-        self,
-        cmd: Command,
-        iterable: Iterable[Any],
-        *,
-        chunksize: int = 1,
-        timeout: float | None = _UNSET,
-        star: bool = False,
-        progress: _progress.Progress = False,
-    ) -> list[Any]:
-        """Like :meth:`Pool.map`, every item on this session's worker (``"hint"``: anywhere)."""
-        rec = self._begin()
-        try:
-            return await self._pool._map(cmd, iterable, chunksize, timeout, star, progress, rec)
-        finally:
-            self._core.checkout.session_done(rec)
-
-    def _begin(self) -> SessionRecord:
-        rec = self._open_record()
-        try:
-            self._core.checkout.session_begin(rec)
-        except SessionExpired:
-            self._core.close_session(rec)  # drop its state in the worker now
-            raise
-        return rec
-
-    def __repr__(self) -> str:
-        return f"<AsyncSession {self._rec!r}>" if self._rec else "<AsyncSession not open>"
 
 
 def refuse_in_host_script() -> None:

@@ -10,9 +10,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from snakeden._calls import UNSET as _UNSET
 from snakeden._calls import Command
 from snakeden._errors import SessionExpired
-from snakeden._pool import _UNSET
 from snakeden._sessions import Affinity, SessionRecord
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ class Session:
         self, cmd: Command, /, *args: Any, timeout: float | None = _UNSET, **kwargs: Any
     ) -> SyncStream | BridgedStream:
         """Like :meth:`SyncPool.stream`, on the worker holding this session's state; see
-        :meth:`snakeden._pool.AsyncSession.stream` for how it counts as a use."""
+        :meth:`snakeden.AsyncSession.stream` for how it counts as a use."""
         return self._pool._stream(cmd, args, kwargs, timeout, self._open_record())
 
     def submit(self, fn: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> cf.Future[Any]:

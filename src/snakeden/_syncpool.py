@@ -25,14 +25,15 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NoReturn, Unpack
 
-from snakeden import _commands, _host_calls, _mapping, _progress
+from snakeden import _commands, _host_calls, _mapping, _mapping_sync, _progress
+from snakeden._calls import UNSET as _UNSET
 from snakeden._calls import Command
 from snakeden._channel import ChannelLost
 from snakeden._config import PoolOptions, make_config
 from snakeden._core import PoolCore
 from snakeden._errors import PoolClosed, PoolSaturated
 from snakeden._handle import Cause
-from snakeden._pool import _UNSET, Pool, describe, refuse_in_host_script
+from snakeden._pool import Pool, describe, refuse_in_host_script
 from snakeden._protocol import KIND_CALL, encode_header
 from snakeden._sessions import Affinity, SessionRecord, check_affinity, session_ttl
 from snakeden._stats import PoolStats
@@ -142,7 +143,9 @@ class SyncPool(cf.Executor):
         self._thread.start()
         self._core = PoolCore(self.config, self._loop, blocking=True)
         self._aio = Pool._sharing(self._core)
-        self._queue: queue.SimpleQueue[_Item | _mapping.BlockingLane | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Item | _mapping_sync.BlockingLane | None] = (
+            queue.SimpleQueue()
+        )
         self._dispatchers: list[threading.Thread] = []
         self._submitted = 0  # submitted and not yet picked up by a dispatcher
         self._lock = threading.Lock()
@@ -292,7 +295,7 @@ class SyncPool(cf.Executor):
         self._enqueue((fut, cmd, args, kwargs, batch, time.monotonic(), session))
         return fut
 
-    def _enqueue(self, entry: _Item | _mapping.BlockingLane) -> None:
+    def _enqueue(self, entry: _Item | _mapping_sync.BlockingLane) -> None:
         with self._lock:
             if _interpreter_exiting:
                 raise PoolClosed("cannot schedule new futures after interpreter shutdown")
@@ -320,7 +323,7 @@ class SyncPool(cf.Executor):
             item = self._queue.get()
             if item is None:
                 return
-            if isinstance(item, _mapping.BlockingLane):
+            if isinstance(item, _mapping_sync.BlockingLane):
                 with self._lock:
                     self._submitted -= 1
                 item()
@@ -383,10 +386,10 @@ class SyncPool(cf.Executor):
             return self._map_calls(fn, items, timeout, chunksize, progress)
         bar = _progress.start(progress, len(items))
         job = _mapping.MapJob(self._core, fn, items, chunksize, bar, flat=flat)
-        lanes: list[tuple[_mapping.BlockingLane, cf.Future[None]]] = []
+        lanes: list[tuple[_mapping_sync.BlockingLane, cf.Future[None]]] = []
         for _ in range(max(1, min(self.config.upper_size, len(job.todo)))):
             fut: cf.Future[None] = cf.Future()
-            lane = _mapping.BlockingLane(
+            lane = _mapping_sync.BlockingLane(
                 job, self.config.call_timeout, self.config.queue_timeout, _settle(fut)
             )
             self._enqueue(lane)
@@ -467,7 +470,7 @@ class SyncPool(cf.Executor):
                 if item is None:
                     self._queue.put(None)  # a sentinel of an earlier shutdown: keep it
                     break
-                if isinstance(item, _mapping.BlockingLane):
+                if isinstance(item, _mapping_sync.BlockingLane):
                     item.cancel()
                 else:
                     item[0].cancel()

@@ -237,8 +237,7 @@ class _Server:
             )
             return
         if not frame.flags & _FEATURES and ctx is None and type(body) is list and len(body) == 3:
-            # A plain call (no feature flag, the exact types the host sends): the checks and
-            # steps below that cannot apply are skipped; anything else takes the general path.
+            # A plain call (no feature flag, the host's exact types) skips what cannot apply.
             name, args, kwargs = body
             if type(name) is str and type(args) is list and type(kwargs) is dict and not kwargs:
                 fn = self.commands.get(name)
