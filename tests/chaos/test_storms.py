@@ -15,7 +15,7 @@ import tempfile
 import pytest
 
 import snakeden
-from snakeden._bench import _chaos, _chaos_load, _chaos_procs
+from snakeden._bench import _chaos, _chaos_cycles, _chaos_load, _chaos_procs
 from tests.conftest import run, start_host_script, survivors
 
 FRONTS = ["async", "sync"]
@@ -61,7 +61,7 @@ def test_garbage_storm(front: _chaos_procs.Front) -> None:
 def test_start_close_cycles(front: _chaos_procs.Front) -> None:
     """4 cycles of start, calls, close: idle, draining calls in flight, failing queued ones with
     cancel_pending, right after a worker was killed; nothing left behind after each."""
-    check(run(_chaos.cycle_storm(front, cycles=4, size=2)))
+    check(run(_chaos_cycles.cycle_storm(front, cycles=4, size=2)))
 
 
 def test_sync_pool_32_threads_with_crashes_and_timeouts() -> None:
