@@ -84,19 +84,26 @@ def test_a_call_cancelled_behind_another_is_skipped_and_the_running_one_goes_on(
     async def body() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             flag, log = Rendezvous(tmp), pathlib.Path(tmp, "log")
-            # The running call outlasts cancel_grace several times over: waiting behind it is
-            # no reason to kill the worker.
+            release = os.path.join(tmp, "release")
+            os.mkfifo(release)
+            # The running call is held (a FIFO) past cancel_grace: waiting behind it is no
+            # reason to kill the worker.
             async with snakeden.Pool(
                 FAULTS, size=1, clock=frozen, cancel_grace=0.2, pipeline=4
             ) as pool:
-                head = asyncio.create_task(pool.call("block", str(flag), 1.0))
+                head = asyncio.create_task(pool.call("block_until", str(flag), release))
                 victim = int(await flag.wait_async())
                 dropped = asyncio.create_task(pool.call("record", str(log), "dropped"))
                 kept = asyncio.create_task(pool.call("record", str(log), "kept"))
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # a yield: both are sent behind the running call
                 dropped.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await dropped
+                # Three times cancel_grace on: the held call still runs (no kill for the call
+                # that was behind it). A slow machine can only make this pass, never fail.
+                done, _ = await asyncio.wait({head}, timeout=0.6)
+                assert not done
+                await asyncio.to_thread(pathlib.Path(release).write_text, "x")
                 assert await head is None
                 assert await kept == "kept"
                 assert await pool.call("getpid") == victim  # the same worker throughout
