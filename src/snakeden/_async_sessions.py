@@ -10,31 +10,29 @@ from snakeden._calls import UNSET as _UNSET
 from snakeden._calls import Command
 from snakeden._core import PoolCore
 from snakeden._errors import SessionExpired
-from snakeden._sessions import Affinity, SessionRecord
+from snakeden._sessions import Affinity, SessionHandle, SessionRecord
 from snakeden._streams import Stream
 
 if TYPE_CHECKING:
     from snakeden._pool import Pool
 
 
-class AsyncSession:
+class AsyncSession(SessionHandle):
     """A session of a :class:`Pool` (see :meth:`Pool.session`): ``async with`` it, or
     ``await close()`` it. Its calls run where its state is, by its affinity."""
 
+    _how = "async with pool.session() as s"
+
     def __init__(self, pool: Pool, core: PoolCore, affinity: Affinity, ttl: float | None) -> None:
+        super().__init__(affinity, ttl)
         self._pool = pool
         self._core = core
-        self.affinity = affinity
-        self.ttl = ttl
-        self._rec: SessionRecord | None = None
 
     async def open(self) -> AsyncSession:
         """Open the session (``async with`` does this): registers it and picks its worker.
         Raises :class:`SessionLimit` past ``max_sessions`` and :class:`SessionsUnsupported`
         when the workers do not keep sessions."""
-        if self._rec is not None:
-            raise RuntimeError("the session is already open")
-        self._rec = self._core.checkout.open_session(self.affinity, self.ttl)
+        self._register(self._core.checkout)
         return self
 
     async def __aenter__(self) -> AsyncSession:
@@ -47,22 +45,6 @@ class AsyncSession:
         """Drop the session's state in its worker. Calls after this raise SessionClosed."""
         if self._rec is not None:
             self._core.close_session(self._rec)
-
-    @property
-    def id(self) -> int:
-        """The session's id: ``snakeden.context().session.id`` in the worker."""
-        return self._open_record().id
-
-    @property
-    def worker_id(self) -> str | None:
-        """The id of the worker holding the session's state (None: none at the moment)."""
-        home = self._open_record().home
-        return home.id if home is not None else None
-
-    def _open_record(self) -> SessionRecord:
-        if self._rec is None:
-            raise RuntimeError("the session is not open: use 'async with pool.session() as s'")
-        return self._rec
 
     async def call(
         self, cmd: Command, /, *args: Any, timeout: float | None = _UNSET, **kwargs: Any

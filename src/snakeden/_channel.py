@@ -287,18 +287,21 @@ class Channel:
         self._wbuf.clear()
         consumed = self._written - _unread(self.write_fd)
         never = self._ends.get(ident_begun(self.begun), -1) if self.begun is not None else None
+
+        def unsent(ident: int) -> bool:
+            # Not read whole, or (where the worker notes it) after the call it last began. A
+            # stream begins as a call does, so the same holds for both.
+            end = self._ends.get(ident, self._queued + 1)
+            return end > consumed or (never is not None and end > never)
+
+        lost = self.lost
         pending, self._pending = self._pending, {}
         for ident, fut in pending.items():
             if not fut.done():
-                end = self._ends.get(ident, self._queued + 1)
-                # Not read whole, or (where the worker notes it) after the call it last began.
-                unsent = end > consumed or (never is not None and end > never)
-                fut.set_exception(self.lost.for_request(unsent))
+                fut.set_exception(lost.for_request(unsent(ident)))
         streams, self._streams = self._streams, {}
         for ident, consumer in streams.items():
-            end = self._ends.get(ident, self._queued + 1)
-            # A stream begins as a call does: the slot says whether its worker began it.
-            consumer(self.lost.for_request(end > consumed or (never is not None and end > never)))
+            consumer(lost.for_request(unsent(ident)))
         if self._on_lost is not None:
             self._on_lost(self.lost)
 

@@ -167,7 +167,9 @@ class Pool:
         plain = type(body) is bytes and core.tracing is None and session is None
         # A call with a timeout never waits behind another in a worker's pipe (its time would
         # run there), nor one from a host function (it could wait behind the call waiting on it).
-        mode = JOIN if timeout is None and _host_calls.inside() is None else FREE
+        # Without pipelining no worker takes calls behind others: the mode does not matter.
+        joins = timeout is None and cfg.pipeline > 1 and _host_calls.inside() is None
+        mode = JOIN if joins else FREE
         attempt = 0
         while True:
             queued = None

@@ -23,7 +23,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from snakeden._config import PoolConfig
 from snakeden._errors import (
@@ -93,6 +93,39 @@ class SessionRecord:
         home = self.home.id if self.home is not None else None
         state = "closed" if self.closed else "ended" if self.ended else "open"
         return f"<Session {self.id} {self.affinity} home={home} {state} active={self.active}>"
+
+
+class SessionHandle:
+    """What both fronts' session handles hold (``AsyncSession``, ``Session``): the record once
+    open, and what a user may read of it."""
+
+    _how = "with pool.session() as s"  # how it is opened, for the error saying it is not
+
+    def __init__(self, affinity: Affinity, ttl: float | None) -> None:
+        self.affinity = affinity
+        self.ttl = ttl
+        self._rec: SessionRecord | None = None
+
+    def _register(self, checkout: SessionCheckout[Any]) -> None:
+        if self._rec is not None:
+            raise RuntimeError("the session is already open")
+        self._rec = checkout.open_session(self.affinity, self.ttl)
+
+    @property
+    def id(self) -> int:
+        """The session's id: ``snakeden.context().session.id`` in the worker."""
+        return self._open_record().id
+
+    @property
+    def worker_id(self) -> str | None:
+        """The id of the worker holding the session's state (None: none at the moment)."""
+        home = self._open_record().home
+        return home.id if home is not None else None
+
+    def _open_record(self) -> SessionRecord:
+        if self._rec is None:
+            raise RuntimeError(f"the session is not open: use '{self._how}'")
+        return self._rec
 
 
 class SessionCheckout(Generic[W]):

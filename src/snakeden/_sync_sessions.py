@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from snakeden._calls import UNSET as _UNSET
 from snakeden._calls import Command
 from snakeden._errors import SessionExpired
-from snakeden._sessions import Affinity, SessionRecord
+from snakeden._sessions import Affinity, SessionHandle, SessionRecord
 
 if TYPE_CHECKING:
     import concurrent.futures as cf
@@ -22,21 +22,17 @@ if TYPE_CHECKING:
     from snakeden._syncpool import SyncPool
 
 
-class Session:
+class Session(SessionHandle):
     """A session of a :class:`SyncPool` (see :meth:`SyncPool.session`): use it with ``with``, or
     ``close()`` it. Its calls run where its state is, by its affinity; safe from many threads."""
 
     def __init__(self, pool: SyncPool, affinity: Affinity, ttl: float | None) -> None:
+        super().__init__(affinity, ttl)
         self._pool = pool
-        self.affinity = affinity
-        self.ttl = ttl
-        self._rec: SessionRecord | None = None
 
     def open(self) -> Session:
         """Open the session (``with`` does this); raises as :meth:`AsyncSession.open`."""
-        if self._rec is not None:
-            raise RuntimeError("the session is already open")
-        self._rec = self._pool._core.checkout.open_session(self.affinity, self.ttl)
+        self._register(self._pool._core.checkout)
         return self
 
     def __enter__(self) -> Session:
@@ -49,22 +45,6 @@ class Session:
         """Drop the session's state in its worker. Calls after this raise SessionClosed."""
         if self._rec is not None:
             self._pool._core.close_session(self._rec)
-
-    @property
-    def id(self) -> int:
-        """The session's id: ``snakeden.context().session.id`` in the worker."""
-        return self._open_record().id
-
-    @property
-    def worker_id(self) -> str | None:
-        """The id of the worker holding the session's state (None: none at the moment)."""
-        home = self._open_record().home
-        return home.id if home is not None else None
-
-    def _open_record(self) -> SessionRecord:
-        if self._rec is None:
-            raise RuntimeError("the session is not open: use 'with pool.session() as s'")
-        return self._rec
 
     def call(
         self, cmd: Command, /, *args: Any, timeout: float | None = _UNSET, **kwargs: Any
