@@ -9,8 +9,9 @@ import os
 
 import pytest
 
-from snakeden._channel import Channel, ChannelLost
-from snakeden._protocol import Kind, encode_frame
+from snakeden import _channel, _shm
+from snakeden._channel import Channel, ChannelLost, TakenBack
+from snakeden._protocol import SKIPPED, Frame, Kind, encode_body, encode_frame, error_body
 
 
 def _pair() -> tuple[Channel, int, int]:
@@ -163,5 +164,92 @@ def test_a_stream_read_by_a_worker_that_died_before_beginning_it_never_ran(
         assert got[0].unsent is unsent
         os.close(channel.read_fd)
         os.close(channel.write_fd)
+
+    asyncio.run(body())
+
+
+def _frame_ids(fd: int) -> list[int]:
+    """The ids of the CALL frames the host wrote (the worker's end reads them)."""
+    data = os.read(fd, 1 << 16)
+    ids = []
+    while data:
+        n = int.from_bytes(data[:4], "big")
+        ids.append(int.from_bytes(data[6:10], "big"))
+        data = data[4 + n :]
+    return ids
+
+
+def _call(channel: Channel, *, takeable: bool) -> tuple[int, asyncio.Future[Frame]]:
+    ident = channel.next_id()
+    fut = channel.expect(ident)
+    channel.send(encode_frame(Kind.CALL, ident, b"\x93\xa4echo\x90\x80"), ident, takeable=takeable)
+    return ident, fut
+
+
+def test_take_back_takes_the_oldest_call_not_begun_and_notes_it_for_the_worker() -> None:
+    async def body() -> None:
+        channel, wr, ww = _pair()
+        channel.attach(asyncio.get_running_loop(), lambda lost: None)
+        channel.begun = memoryview(array.array("I", [0] * _shm.SLOT_WORDS)).cast("B").cast("I")
+        first, running = _call(channel, takeable=False)
+        second, behind = _call(channel, takeable=True)
+        third, last = _call(channel, takeable=True)
+        await asyncio.sleep(0)  # a yield: the calls behind the first go out in one write
+        assert _frame_ids(wr) == [first, second, third]
+        channel.begun[0] = first
+        assert channel.take_back()
+        with pytest.raises(TakenBack):
+            await behind
+        assert (channel.begun[1], channel.begun[2]) == (1, second)  # the worker will skip it
+        channel.begun[0] = third  # the worker began the last one: nothing left to take
+        assert not channel.take_back()
+        assert not last.done() and not running.done()
+        os.write(ww, encode_frame(Kind.RESULT, first, b"\xc0"))
+        os.write(ww, encode_frame(Kind.RESULT, third, b"\xc0"))
+        assert (await running).id == first and (await last).id == third
+        channel.close()
+        for fd in (wr, ww, channel.read_fd, channel.write_fd):
+            os.close(fd)
+
+    asyncio.run(body())
+
+
+@pytest.mark.parametrize("skipped", [True, False])
+def test_take_back_racing_the_worker_lets_its_answer_decide(
+    skipped: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker begins the call between the host's note and its second look (held open here by
+    the fence): the host cannot tell whether the worker saw the note, so the call stays; the
+    worker's answer says. SKIPPED: it never ran, and its caller sends it again; a result: it
+    ran, and is the caller's as usual."""
+
+    async def body() -> None:
+        channel, wr, ww = _pair()
+        channel.attach(asyncio.get_running_loop(), lambda lost: None)
+        slot = memoryview(array.array("I", [0] * _shm.SLOT_WORDS)).cast("B").cast("I")
+        channel.begun = slot
+        first, running = _call(channel, takeable=False)
+        second, behind = _call(channel, takeable=True)
+        slot[0] = first
+
+        def worker_begins_it() -> None:
+            slot[0] = second
+
+        monkeypatch.setattr(_channel, "fence", worker_begins_it)
+        assert not channel.take_back()
+        assert not channel.take_back()  # asked once: not again
+        os.write(ww, encode_frame(Kind.RESULT, first, b"\xc0"))
+        if skipped:
+            body = error_body(kind="cancelled", type_name="", message=SKIPPED)
+            os.write(ww, encode_frame(Kind.ERROR, second, encode_body(body, 0)))
+            with pytest.raises(TakenBack):
+                await behind
+        else:
+            os.write(ww, encode_frame(Kind.RESULT, second, b"\xc0"))
+            assert (await behind).id == second
+        assert (await running).id == first
+        channel.close()
+        for fd in (wr, ww, channel.read_fd, channel.write_fd):
+            os.close(fd)
 
     asyncio.run(body())

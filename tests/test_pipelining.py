@@ -126,3 +126,51 @@ def test_large_results_of_calls_in_one_pipe_arrive_whole() -> None:
             assert pool.stats().calls_ok == 6
 
     run(body())
+
+
+def _inflight(pool: snakeden.Pool) -> dict[int | None, int]:
+    """Worker pid -> calls in flight on it, from the pool's own books."""
+    return {w.pid: w.inflight for w in pool._core.checkout.workers.values()}  # type: ignore[union-attr]
+
+
+def test_a_call_behind_one_that_waits_for_it_is_taken_back_by_a_worker_that_comes_free() -> None:
+    """A barrier across calls: the call a worker runs waits for the call queued behind it. The
+    first worker to come free with nobody queued takes that call back, so it runs there and both
+    finish; without the take-back they would wait for each other for ever. It runs once: the
+    worker it was taken from skips it when it gets there."""
+
+    async def body() -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            log = pathlib.Path(tmp, "log")
+            flags = [Rendezvous(tmp, f"began{i}") for i in range(2)]
+            releases = [os.path.join(tmp, f"release{i}") for i in range(2)]
+            for r in releases:
+                os.mkfifo(r)
+            async with snakeden.Pool(FAULTS, size=2, clock=frozen, pipeline=2) as pool:
+                held = [
+                    asyncio.create_task(pool.call("block_until", str(f), r))
+                    for f, r in zip(flags, releases, strict=True)
+                ]
+                pids = [int(await f.wait_async()) for f in flags]
+                filler = asyncio.create_task(pool.call("getpid"))  # fills one worker's pipe
+                await asyncio.sleep(0)  # a yield: the task runs up to its send
+                full = next(pid for pid, n in _inflight(pool).items() if n == 2)
+                j = pids.index(full)
+                k = 1 - j
+                # The only worker with room is the one whose running call waits for this one.
+                barrier = asyncio.create_task(
+                    pool.call("record_and_release", str(log), "ran", releases[k])
+                )
+                await asyncio.sleep(0)
+                assert _inflight(pool) == {pids[0]: 2, pids[1]: 2}
+                await asyncio.to_thread(pathlib.Path(releases[j]).write_text, "x")
+                assert await asyncio.wait_for(barrier, 60) == pids[j]  # ran on the freed one
+                await asyncio.wait_for(asyncio.gather(*held), 60)
+                assert await filler == pids[j]
+                s = pool.stats()
+                assert s.calls_taken_back == 1 and s.restarts == 0 and s.calls_ok == 4
+                assert sorted(pool.worker_pids()) == sorted(pids)
+            # Closed: the worker it was taken from has read it (before SHUTDOWN) and skipped it.
+            assert log.read_text().split() == ["ran"]
+
+    run(body())

@@ -30,7 +30,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from snakeden._protocol import Frame, FrameDecoder, Kind, ProtocolViolation
+import msgpack
+
+from snakeden._protocol import PICKLE, SKIPPED, Frame, FrameDecoder, Kind, ProtocolViolation
+from snakeden._shm import fence, note_skip
 
 # Reads go into one preallocated buffer: allocating a fresh 1 MiB bytes object per read costs
 # an mmap/munmap pair, which showed up as ~40us per call.
@@ -38,6 +41,7 @@ _READ_SIZE = 256 * 1024
 
 
 _HOST_CALL = int(Kind.HOST_CALL)  # a plain int: an IntEnum attribute costs on every frame
+_ERROR = int(Kind.ERROR)
 
 # Replies that arrived for a caller already cancelled, kept for the abandon path to claim.
 _MAX_UNCLAIMED = 1024
@@ -58,8 +62,31 @@ class ChannelLost(Exception):
         return ChannelLost(self.cause, unsent=unsent)
 
 
+class TakenBack(Exception):
+    """Nobody's fault, and never seen by a user: the call waited in a worker's pipe behind a
+    long one while another worker came free, and the host took it back before the worker began
+    it (:meth:`Channel.take_back`). Its caller sends it again, to a free worker."""
+
+
 def ident_begun(slot: memoryview) -> int:
     return int(slot[0])
+
+
+def _after(ident: int, begun: int) -> bool:
+    """Whether call ``ident`` comes after call ``begun`` (ids of one channel increase, modulo
+    2**32): not begun by a worker whose begun slot holds ``begun``."""
+    return 0 < (ident - begun) % (1 << 32) < (1 << 31)
+
+
+def _skipped(frame: Frame) -> bool:
+    """Whether ``frame`` is the worker's answer for a call it skipped (``_protocol.SKIPPED``)."""
+    if frame.kind != _ERROR or frame.flags & PICKLE:
+        return False
+    try:
+        body = msgpack.unpackb(frame.body)
+    except Exception:
+        return False
+    return isinstance(body, dict) and body.get("message") == SKIPPED
 
 
 def _unread(fd: int) -> int:
@@ -84,6 +111,11 @@ class Channel:
         self._pending: dict[int, asyncio.Future[Frame]] = {}
         self._unclaimed: dict[int, Frame] = {}
         self._ends: dict[int, int] = {}  # request id -> byte offset where its frame ends
+        # Calls sent behind another (pipelining) whose callers can send them again, in the order
+        # sent: what take_back() may take. And those it asked the worker to skip but could not
+        # tell whether it had begun: their reply says (the worker's SKIPPED, or their result).
+        self._takeable: dict[int, None] = {}
+        self._asked: set[int] = set()
         self._queued = 0  # bytes handed to send(), written or not
         self._written = 0  # bytes the kernel accepted
         self.loop: asyncio.AbstractEventLoop | None = None  # the pool's loop, in either mode
@@ -141,6 +173,8 @@ class Channel:
         if fut is None:
             assert self.loop is not None, "channel never attached"
             fut = self.loop.create_future()
+        if self._takeable:
+            self._takeable.pop(ident, None)  # expected again: its caller was cancelled
         frame = self._unclaimed.pop(ident, None)
         if frame is not None:
             fut.set_result(frame)
@@ -158,18 +192,24 @@ class Channel:
         self._streams[ident] = consumer
 
     def forget(self, ident: int) -> None:
+        self._takeable.pop(ident, None)
         self._pending.pop(ident, None)
         self._streams.pop(ident, None)
         self._unclaimed.pop(ident, None)
         self._ends.pop(ident, None)
 
-    def send(self, data: bytes | memoryview, ident: int | None = None) -> None:
-        """Queue ``data`` (the request ``ident``, if it expects a reply); never blocks the loop."""
+    def send(
+        self, data: bytes | memoryview, ident: int | None = None, *, takeable: bool = False
+    ) -> None:
+        """Queue ``data`` (the request ``ident``, if it expects a reply); never blocks the loop.
+        ``takeable``: a call sent behind another, which :meth:`take_back` may take back."""
         if self.lost is not None:
             return  # the pending futures already carry the loss
         self._queued += len(data)
         if ident is not None:
             self._ends[ident] = self._queued
+            if takeable:
+                self._takeable[ident] = None
         if self._batch is not None:
             self._batch.append(data)
             return
@@ -257,14 +297,51 @@ class Channel:
                     continue
             fut = pending.pop(frame.id, None)
             ends.pop(frame.id, None)
+            if self._takeable:
+                self._takeable.pop(frame.id, None)
             if fut is None:
                 continue  # a late reply to a request whose caller gave up (a ping's timeout)
+            if self._asked and frame.id in self._asked:
+                self._asked.discard(frame.id)
+                if _skipped(frame) and not fut.done():
+                    fut.set_exception(TakenBack())  # the worker saw the note after all
+                    continue
             if not fut.done():
                 fut.set_result(frame)
             elif fut.cancelled() and len(self._unclaimed) < _MAX_UNCLAIMED:
                 # The caller was cancelled in this same loop turn: its abandon path will look
                 # for this reply rather than wait for one that already came.
                 self._unclaimed[frame.id] = frame
+
+    def take_back(self) -> bool:
+        """Take back the oldest call waiting behind the one the worker runs, if the worker
+        provably has not begun it: its caller gets :class:`TakenBack` and sends it to a free
+        worker. False when no call waits, or when the worker may just have begun it; then, if
+        the worker skipped it after all, its SKIPPED answer becomes TakenBack as it comes.
+
+        Dekker's handshake over the begun slot (``_shm.fence``): the host notes the skip, then
+        reads the begun id; the worker stores the begun id, then reads the skips. If the host
+        reads an id before this call's, the worker will see the note before it runs the call."""
+        slot = self.begun
+        if slot is None or self.lost is not None or not self._takeable:
+            return False
+        begun = ident_begun(slot)
+        for ident in self._takeable:
+            if ident not in self._asked and _after(ident, begun):
+                break
+        else:
+            return False
+        note_skip(slot, ident)
+        fence()
+        if not _after(ident, ident_begun(slot)):
+            self._asked.add(ident)  # begun meanwhile, or about to be skipped: its reply says
+            return False
+        del self._takeable[ident]
+        self._ends.pop(ident, None)
+        fut = self._pending.pop(ident, None)
+        if fut is not None and not fut.done():
+            fut.set_exception(TakenBack())
+        return True
 
     def _host_call(self, frame: Frame) -> None:
         if self.on_host_call is not None:
@@ -295,6 +372,8 @@ class Channel:
             return end > consumed or (never is not None and end > never)
 
         lost = self.lost
+        self._takeable.clear()
+        self._asked.clear()
         pending, self._pending = self._pending, {}
         for ident, fut in pending.items():
             if not fut.done():

@@ -54,6 +54,9 @@ class Actions:
     close_fds: WorkerHandle | None = None  # dead and no longer leased: close its fds
     check_memory: WorkerHandle | None = None  # due for a max_memory check
     flush: WorkerHandle | None = None  # leased to the supervisor: write its outbox, release it
+    # A worker came free with nobody queued while calls wait behind this one's running call:
+    # take one back (pipelining, ``Channel.take_back``), to run on the free worker.
+    take_back: WorkerHandle | None = None
     ensure_capacity: bool = False  # a replacement may be due
     drained: bool = False  # closing, and nothing is leased or queued any more
 
@@ -82,6 +85,7 @@ class Checkout(SessionCheckout[Waiter], PipelineCheckout):
         self.reject: BaseException | None = None  # why calls are refused (closed, broken)
         self.resending = False  # closing, and a pipelined worker died: its calls come back
         self.returning = 0  # calls given back to be sent again, not yet queued or leased again
+        self.behind = 0  # leases waiting behind another on pipelined workers (_pipeline)
         self._init_sessions()
 
     def __repr__(self) -> str:
@@ -118,6 +122,7 @@ class Checkout(SessionCheckout[Waiter], PipelineCheckout):
                 if self.shared and not self._below_max():  # else grow: a new worker is fairer
                     shared = self._least_loaded(mode)
                     if shared is not None:
+                        self.behind += shared.pipelined
                         shared.inflight += 1
                         self.leased += 1
                         return shared, False
@@ -176,6 +181,7 @@ class Checkout(SessionCheckout[Waiter], PipelineCheckout):
                 and not w.retiring
                 and not self.memory_limited
                 and self.phase is _RUNNING
+                and not self.behind
             ):
                 # The common case, decided without _settle's call (a function call is a
                 # noticeable part of the host's cost of a call): nothing to do but idle it.
@@ -197,9 +203,12 @@ class Checkout(SessionCheckout[Waiter], PipelineCheckout):
         w.calls += 1
         w.last_used = self.clock()
 
-    def _settle(self, w: WorkerHandle) -> Actions | None:
-        """One lease of ``w`` ends: decide where the worker goes. Under the lock."""
+    def _settle(self, w: WorkerHandle, *, in_order: bool = True) -> Actions | None:
+        """One lease of ``w`` ends: decide where the worker goes. Under the lock.
+        ``in_order`` False: a call taken back from behind the one ``w`` runs, which goes on."""
         self.leased -= 1
+        if w.pipelined and w.inflight > 1:
+            self.behind -= 1
         w.inflight -= 1
         act: Actions | None = None
         was_retiring = w.retiring
@@ -220,14 +229,16 @@ class Checkout(SessionCheckout[Waiter], PipelineCheckout):
                 self._orphan_pinned(w)
                 act = Actions(retire=w, ensure_capacity=True)
         elif w.outbox:
+            self.behind += w.pipelined and w.inflight > 0
             w.inflight += 1  # leased on to the supervisor, to send what waits for this worker
             self.leased += 1
             act = Actions(flush=w)
         else:
-            # Pipelined with calls still in its pipe: the next of them begins now. A waiter may
-            # take its place behind them only if it may queue (and a session's may not).
+            # Pipelined with calls still in its pipe: the next of them begins now (unless the
+            # lease that ended was one taken back). A waiter may take its place behind them
+            # only if it may queue (and a session's may not).
             behind = w.pipelined and w.inflight > 0
-            if behind:
+            if behind and in_order:
                 w.leased_at = self.clock()
             # Callers of a session pinned to this worker first: they can go nowhere else.
             waiter = self._next_pinned(w) if self.pinned and not behind else None
@@ -241,6 +252,7 @@ class Checkout(SessionCheckout[Waiter], PipelineCheckout):
                 waiter.worker = w
                 if w.inflight == 0:
                     w.solo = waiter.mode == ALONE
+                self.behind += w.pipelined and w.inflight > 0
                 w.inflight += 1  # the lease passes straight to the waiter
                 w.leased_at = self.clock()
                 self.leased += 1
@@ -248,6 +260,10 @@ class Checkout(SessionCheckout[Waiter], PipelineCheckout):
             if act is None and w.inflight == 0:
                 w.move(IDLE)
                 self.idle.append(w)
+                if self.behind:
+                    victim = self._stuck()
+                    if victim is not None:
+                        act = Actions(take_back=victim)
             if w.retiring and not was_retiring:
                 act = act or Actions()
                 act.ensure_capacity = True  # start the replacement now, so it is warm in time
@@ -568,6 +584,7 @@ class Checkout(SessionCheckout[Waiter], PipelineCheckout):
                 calls_rejected=c.calls_rejected,
                 calls_cancelled=c.calls_cancelled,
                 calls_redispatched=c.calls_redispatched,
+                calls_taken_back=c.calls_taken_back,
                 restarts=c.restarts,
                 recycled=c.recycled,
                 start_failures=c.start_failures,

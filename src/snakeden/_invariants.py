@@ -32,6 +32,8 @@ def check_invariants(c: Checkout) -> None:
                 assert w.cause is not None, f"out of service without a cause: {w!r}"
             assert w.inflight <= max(1, w.depth), f"over depth: {w!r}"
         assert c.scheduled >= 0, f"scheduled={c.scheduled}"
+        behind = sum(w.inflight - 1 for w in ws if w.pipelined and w.inflight > 1)
+        assert behind == c.behind, f"behind={c.behind} but pipelined workers hold {behind}: {ws}"
         c._check_session_invariants()
         if c.phase is Phase.CLOSED:
             assert not c.waiters and c.leased == 0, f"closed with work: {c!r}"

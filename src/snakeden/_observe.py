@@ -152,6 +152,7 @@ def read(core: PoolCore, *, memory: bool = False, uss: bool = False) -> PoolView
                 "cancelled": c.calls_cancelled,
                 "rejected": c.calls_rejected,
                 "redispatched": c.calls_redispatched,
+                "taken_back": c.calls_taken_back,
             },
             restarts=c.restarts,
             restarts_by_cause=dict(c.restarts_by_cause),

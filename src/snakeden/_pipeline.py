@@ -8,6 +8,10 @@ their callers send them to another worker. What it could cost in fairness is bou
 queues behind another only when no worker is free, no caller waits and the pool cannot grow;
 only a call that may (``_waiters.JOIN``: no timeout, not from a host function, not a session's);
 never behind a stream (``ALONE``); and only behind a call that began under ``BEHIND_LIMIT`` ago.
+And when a worker comes free with no caller queued while calls wait behind a running one, the
+oldest of those behind the longest-running call is taken back (``Channel.take_back``) and runs
+on the free worker: a call never waits behind another while a worker has nothing to do, so calls
+that wait for one another progress as they would without pipelining.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import TYPE_CHECKING, Final
 
 from snakeden._handle import BUSY, WorkerHandle
 from snakeden._protocol import FEATURE_BEGUN
+from snakeden._shm import SKIP_RING
 from snakeden._stats import Counters
 from snakeden._waiters import JOIN
 
@@ -28,6 +33,10 @@ if TYPE_CHECKING:
 #: less than this many seconds ago (a long call keeps later ones out of its worker's pipe; they
 #: wait for the first worker to come free instead).
 BEHIND_LIMIT: Final = 0.01
+
+#: The most calls in flight a pipelined worker takes, whatever ``pipeline`` says: the calls
+#: waiting behind its running one must fit the begun slot's ring of ids to skip (14).
+MAX_DEPTH: Final = SKIP_RING + 1
 
 
 class PipelineCheckout:
@@ -41,7 +50,9 @@ class PipelineCheckout:
     workers: dict[str, WorkerHandle]
     counters: Counters
     returning: int
+    behind: int
     release: Callable[..., Actions | None]
+    _settle: Callable[..., Actions | None]
     _drained: Callable[[], bool]
 
     def _pipeline(self, w: WorkerHandle) -> None:
@@ -49,7 +60,7 @@ class PipelineCheckout:
         Node worker, Ray) a crash could not tell the calls behind from the one running: none
         queue. A worker serving several calls at once (HELLO concurrency) keeps its own depth."""
         if w.depth == 1 and self.depth > 1 and FEATURE_BEGUN in w.features:
-            w.depth = self.depth
+            w.depth = min(self.depth, MAX_DEPTH)
             w.pipelined = True
         self.shared = self.shared or w.depth > 1
 
@@ -74,13 +85,31 @@ class PipelineCheckout:
         that may (JOIN), behind one that allows it (not solo) and began not long ago."""
         return mode == JOIN and not w.solo and self.clock() - w.leased_at < BEHIND_LIMIT
 
-    def resend(self, w: WorkerHandle) -> Actions | None:
-        """Give back the lease of a call that never reached ``w`` (dead): its caller sends it
-        again at once (:meth:`returned`), and the pool is not drained meanwhile."""
+    def _stuck(self) -> WorkerHandle | None:
+        """The pipelined worker in service with calls behind the one it runs that began the
+        longest ago (a worker just came free: one of those calls should run there)."""
+        stuck = None
+        for w in self.workers.values():
+            if (
+                w.pipelined
+                and w.inflight > 1
+                and w.state is BUSY
+                and (stuck is None or w.leased_at < stuck.leased_at)
+            ):
+                stuck = w
+        return stuck
+
+    def resend(self, w: WorkerHandle, *, taken_back: bool = False) -> Actions | None:
+        """Give back the lease of a call that never reached ``w`` (dead), or (``taken_back``)
+        that ``w`` was told to skip: its caller sends it again at once (:meth:`returned`), and
+        the pool is not drained meanwhile."""
         with self.lock:
-            self.counters.calls_redispatched += 1
+            if taken_back:
+                self.counters.calls_taken_back += 1
+            else:
+                self.counters.calls_redispatched += 1
             self.returning += 1
-        return self.release(w, None)
+            return self._settle(w, in_order=not taken_back)
 
     def returned(self) -> bool:
         """The call given back by :meth:`resend` is queued or leased again (or refused).

@@ -17,7 +17,7 @@ from snakeden import _commands, _host_calls, _mapping, _progress, _shm
 from snakeden._async_sessions import AsyncSession
 from snakeden._calls import UNSET as _UNSET
 from snakeden._calls import Command
-from snakeden._channel import Channel, ChannelLost, ident_begun
+from snakeden._channel import Channel, ChannelLost, TakenBack, ident_begun
 from snakeden._config import PoolOptions, make_config
 from snakeden._core import PoolCore
 from snakeden._errors import CallTimeout, PoolClosed, QueueTimeout
@@ -171,9 +171,10 @@ class Pool:
         joins = timeout is None and cfg.pipeline > 1 and _host_calls.inside() is None
         mode = JOIN if joins else FREE
         attempt = 0
+        again = False  # sent again (taken back, or its worker died before it began)
         while True:
             queued = None
-            if plain and timeout is None and attempt == 0:
+            if plain and timeout is None and not again:
                 # Queued, it is sent by the step that frees a worker (QueuedCall).
                 got, grow = core.checkout.acquire(lambda: core.queued_call(name, flags, body), mode)
                 if isinstance(got, WorkerHandle):
@@ -184,7 +185,7 @@ class Pool:
                     if grow:
                         core.sup.call_soon(core.sup.grow)
             else:
-                w, waited = await core.checkout_async(cfg.queue_timeout, session, mode, attempt > 0)
+                w, waited = await core.checkout_async(cfg.queue_timeout, session, mode, again)
             timer = None
             if queued is None:
                 t1 = time.perf_counter()
@@ -192,14 +193,15 @@ class Pool:
                 channel = w.channel
                 assert channel is not None
                 ident = channel.next_id()
+                behind = w.inflight > 1
                 if plain:
                     # Behind another call (NO_REGION): whose reply may hold the worker's region.
-                    f = flags if w.inflight == 1 else flags | NO_REGION
+                    f = flags | NO_REGION if behind else flags
                     data = encode_header(KIND_CALL, ident, len(body), f) + body
                 else:  # shared memory, tracing or a session: core.call_frame says it once
                     data = core.call_frame(w, name, ident, flags, body, waited, attempt, session)
                 fut = channel.expect(ident)
-                channel.send(data, ident)
+                channel.send(data, ident, takeable=behind and w.pipelined)
                 if timeout is not None:
                     timer = core.loop.call_later(timeout, _expire, fut)
             else:
@@ -243,12 +245,20 @@ class Pool:
                 assert channel is not None  # a call with a timeout is never a QueuedCall
                 channel.forget(ident)
                 raise core.call_timed_out(w, name, timeout, waited, t1) from None
+            except TakenBack:
+                # It waited behind a long call and a worker came free: it runs there instead.
+                if timer is not None:
+                    timer.cancel()
+                core.sup.act(core.checkout.resend(w, taken_back=True))
+                again = True
+                continue
             except ChannelLost as lost:
                 if timer is not None:
                     timer.cancel()
                 strict = session is not None and session.strict
                 if core.call_lost(w, lost, waited, t1, attempt, may_retry=not strict, again=True):
                     attempt += 1
+                    again = True
                     continue  # it never reached the worker: another one runs it
                 if strict and lost.unsent:
                     assert session is not None

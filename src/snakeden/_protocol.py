@@ -404,6 +404,12 @@ ERROR_KINDS: Final = frozenset(
 )
 
 
+#: The ``message`` of the ERROR ``"cancelled"`` a worker answers for a call it skipped: one the
+#: host asked it not to begin (docs/protocol.md section 6.10). A host that took the call back
+#: but could not tell whether the worker had begun it knows by this that it had not.
+SKIPPED: Final = "skipped: the host asked for it not to be begun"
+
+
 class PickledException(bytes):
     """The ``pickled`` field of an ERROR body: the exception object, pickled on its own.
 

@@ -14,6 +14,7 @@ import contextlib
 import mmap
 import os
 import pathlib
+import threading
 
 _SHM = "/dev/shm"
 SHM_DIR = pathlib.Path(_SHM)
@@ -49,10 +50,12 @@ def remove_leftovers(run_tag: str) -> int:
 # The same mapping carries the other way the ids of calls whose callers were cancelled before
 # the worker began them (pipelining: calls wait in the worker's pipe behind the one it runs):
 # word 1 counts the cancels noted, words 2.. are a ring of their ids; a worker that finds the
-# id of the call it is about to begin there skips it (answers ERROR "cancelled") instead.
+# id of the call it is about to begin there skips it (answers ERROR "cancelled") instead. The
+# host also notes there a call it takes back from behind a long one, to run it on a worker that
+# came free (``Channel.take_back``); ``fence`` says why both sides need a barrier for that.
 
 SLOT_WORDS = 16
-_SKIP_RING = SLOT_WORDS - 2
+SKIP_RING = SLOT_WORDS - 2
 
 
 def worker_file(run_tag: str, worker_id: str, suffix: str) -> str:
@@ -82,12 +85,31 @@ def map_slot(path: pathlib.Path | str, *, create: bool) -> memoryview | None:
         os.close(fd)
 
 
+_FENCE = threading.Lock()
+
+
+def fence() -> None:
+    """A full memory barrier between this side's store to the slot and its next load.
+
+    Taking a call back (``Channel.take_back``) is Dekker's handshake: the worker stores the id
+    it begins, then loads the skip ring; the host stores the skip, then loads the begun id. Each
+    side's store must be visible before its own load, or both could miss the other's and the call
+    would run twice. Python has no fence of its own; a lock has one: acquiring CPython's lock is
+    a compare-and-swap (glibc's ``sem_trywait``), releasing it an atomic add, and on x86 each of
+    those is a full barrier. Twice round, so that a release is followed by an acquire: that
+    pair also orders a store before a later load on weaker memory models (aarch64)."""
+    with _FENCE:
+        pass
+    with _FENCE:
+        pass
+
+
 def note_skip(slot: memoryview, ident: int) -> None:
     """Host: ask the worker to skip call ``ident`` if it has not begun it (see above)."""
     if len(slot) < SLOT_WORDS:
         return
     n = slot[1]
-    slot[2 + n % _SKIP_RING] = ident
+    slot[2 + n % SKIP_RING] = ident
     slot[1] = (n + 1) & 0xFFFF_FFFF  # after the id: a worker that sees the count sees the id
 
 

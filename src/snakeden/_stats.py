@@ -76,6 +76,8 @@ class PoolStats:
     # Calls the in-service workers can take at once (one each, or their concurrency / the
     # pipeline depth); ``in_flight`` of them are busy.
     slots: int = 0
+    # Calls taken back from behind a long call to run on a worker that came free (pipelining).
+    calls_taken_back: int = 0
     sessions: int = 0  # open sessions (pool.session()): not closed, lost or expired
     sessions_by_worker: dict[str, int] = field(default_factory=dict)  # worker id -> open sessions
     # Workers in service or starting, by cluster node (backend="ray"; empty for a local pool).
@@ -98,6 +100,7 @@ class Counters:
         "calls_ok",
         "calls_redispatched",
         "calls_rejected",
+        "calls_taken_back",
         "calls_timed_out",
         "checkout_wait",
         "recycled",
@@ -114,6 +117,7 @@ class Counters:
         self.calls_rejected = 0
         self.calls_cancelled = 0
         self.calls_redispatched = 0
+        self.calls_taken_back = 0
         self.restarts = 0
         self.recycled = 0
         self.start_failures = 0

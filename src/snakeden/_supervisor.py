@@ -127,7 +127,14 @@ class Supervisor:
             act.wake.wake()
         if act.close_fds is not None and act.close_fds.proc is not None:
             act.close_fds.proc.close_fds()
-        if act.retire or act.ensure_capacity or act.check_memory or act.drained or act.flush:
+        if (
+            act.retire
+            or act.ensure_capacity
+            or act.check_memory
+            or act.drained
+            or act.flush
+            or act.take_back
+        ):
             if self._on_loop_thread():
                 # At once: the pool is never seen between a decision and its replacement.
                 self._act_on_loop(act)
@@ -137,6 +144,8 @@ class Supervisor:
     def _act_on_loop(self, act: Actions) -> None:
         if act.flush is not None:
             self._flush(act.flush)
+        if act.take_back is not None and act.take_back.channel is not None:
+            act.take_back.channel.take_back()  # its caller sends it again: to the free worker
         if act.retire is not None:
             w = act.retire
             self.events.emit("recycled", w, None, detail=f"after {w.calls} calls")

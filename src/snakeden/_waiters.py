@@ -75,9 +75,14 @@ class QueuedCall(AsyncWaiter):
         # A lost channel fails the future at once, as unsent: the caller sends it elsewhere.
         channel.expect(ident, self.fut)
         body = self.body
-        # Handed a worker with calls in its pipe (pipelining): behind them, by pipe (NO_REGION).
-        flags = self.flags if w.inflight == 1 else self.flags | NO_REGION
-        channel.send(encode_header(KIND_CALL, ident, len(body), flags) + body, ident)
+        # Handed a worker with calls in its pipe (pipelining): behind them, by pipe (NO_REGION),
+        # and the host may take it back from there if another worker comes free.
+        if w.inflight == 1:
+            channel.send(encode_header(KIND_CALL, ident, len(body), self.flags) + body, ident)
+        else:
+            flags = self.flags | NO_REGION
+            data = encode_header(KIND_CALL, ident, len(body), flags) + body
+            channel.send(data, ident, takeable=w.pipelined)
 
     def lease(self) -> tuple[WorkerHandle, int, float]:
         """The worker, request id and send time of the call, once sent."""

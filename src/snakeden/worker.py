@@ -43,6 +43,7 @@ from snakeden._protocol import (
     NO_REGION,
     PICKLE,
     SESSION,
+    SKIPPED,
     STREAM,
     Frame,
     FrameDecoder,
@@ -192,10 +193,15 @@ class _Server:
                     begun = self.begun
                     if begun is not None:
                         begun[0] = frame.id  # before anything of the call can happen
+                        if frame.flags & NO_REGION:
+                            # It waited behind another call: the host may be taking it back
+                            # right now, and must not miss this store (see _shm.fence).
+                            _shm.fence()
                         if (skips.ids or skips.count != begun[1]) and skips.take(begun, frame.id):
-                            # Its caller went away while it waited behind another call.
+                            # Its caller went away while it waited behind another call, or the
+                            # host took it back to run it elsewhere.
                             self.send_error(
-                                frame.id, 0, kind="cancelled", type_name="", message="cancelled"
+                                frame.id, 0, kind="cancelled", type_name="", message=SKIPPED
                             )
                             continue
                     self.current = frame.id

@@ -136,3 +136,14 @@ def garbage_when_told(go: str, done: str) -> None:
             f.write("written")
 
     threading.Thread(target=later, daemon=True).start()
+
+
+@snakeden.command
+def record_and_release(path: str, token: str, release: str) -> int:
+    """Append ``token`` to ``path`` (a record that the call ran), then write to the FIFO
+    ``release``, ending the ``block_until`` call reading it. Returns this worker's pid."""
+    with open(path, "a") as f:
+        f.write(token + "\n")
+    with open(release, "w") as f:
+        f.write("x")
+    return os.getpid()
