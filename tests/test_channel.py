@@ -253,3 +253,34 @@ def test_take_back_racing_the_worker_lets_its_answer_decide(
             os.close(fd)
 
     asyncio.run(body())
+
+
+def test_a_write_that_finds_the_worker_gone_first_reads_the_replies_it_left() -> None:
+    """Pipelining: a call goes out while others are in flight, and the write fails because the
+    worker died. The reply it wrote before dying is its caller's; only the call it had begun
+    is lost, and the new one never reached it."""
+
+    async def body() -> None:
+        channel, wr, ww = _pair()
+        channel.attach(asyncio.get_running_loop(), lambda lost: None)
+        channel.begun = memoryview(array.array("I", [0] * _shm.SLOT_WORDS)).cast("B").cast("I")
+        first, answered = _call(channel, takeable=False)
+        second, running = _call(channel, takeable=True)
+        await asyncio.sleep(0)  # a yield: the second goes out
+        assert _frame_ids(wr) == [first, second]
+        os.write(ww, encode_frame(Kind.RESULT, first, b"\xc0"))
+        channel.begun[0] = second
+        os.close(wr)  # the worker is gone: writing to it fails (EPIPE)
+        _third, unsent = _call(channel, takeable=True)
+        assert (await answered).id == first
+        with pytest.raises(ChannelLost) as info:
+            await running
+        assert not info.value.unsent
+        with pytest.raises(ChannelLost) as info:
+            await unsent
+        assert info.value.unsent
+        channel.close()
+        for fd in (ww, channel.read_fd, channel.write_fd):
+            os.close(fd)
+
+    asyncio.run(body())

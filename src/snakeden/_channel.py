@@ -234,6 +234,9 @@ class Channel:
             except BlockingIOError:
                 n = 0
             except OSError as exc:
+                # Replies the worker wrote before it died may wait in the pipe (pipelining:
+                # other calls are in flight as this one goes out): theirs, not the crash's.
+                self._read_the_rest()
                 self._lose(exc)
                 return
             self._written += n

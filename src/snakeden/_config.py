@@ -245,7 +245,7 @@ class PoolConfig:
     ping_timeout: float = 5.0
     idle_timeout: float | None = None
     min_ready: int | None = None
-    pipeline: int = 1
+    pipeline: int = 8
     shm_threshold: int | None = DEFAULT_SHM_THRESHOLD
     restart_backoff: float = 0.05
     restart_backoff_max: float = 5.0
