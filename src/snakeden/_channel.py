@@ -72,13 +72,13 @@ def ident_begun(slot: memoryview) -> int:
     return int(slot[0])
 
 
-def _after(ident: int, begun: int) -> bool:
+def comes_after(ident: int, begun: int) -> bool:
     """Whether call ``ident`` comes after call ``begun`` (ids of one channel increase, modulo
     2**32): not begun by a worker whose begun slot holds ``begun``."""
     return 0 < (ident - begun) % (1 << 32) < (1 << 31)
 
 
-def _skipped(frame: Frame) -> bool:
+def is_skipped_reply(frame: Frame) -> bool:
     """Whether ``frame`` is the worker's answer for a call it skipped (``_protocol.SKIPPED``)."""
     if frame.kind != _ERROR or frame.flags & PICKLE:
         return False
@@ -306,7 +306,7 @@ class Channel:
                 continue  # a late reply to a request whose caller gave up (a ping's timeout)
             if self._asked and frame.id in self._asked:
                 self._asked.discard(frame.id)
-                if _skipped(frame) and not fut.done():
+                if is_skipped_reply(frame) and not fut.done():
                     fut.set_exception(TakenBack())  # the worker saw the note after all
                     continue
             if not fut.done():
@@ -330,13 +330,13 @@ class Channel:
             return False
         begun = ident_begun(slot)
         for ident in self._takeable:
-            if ident not in self._asked and _after(ident, begun):
+            if ident not in self._asked and comes_after(ident, begun):
                 break
         else:
             return False
         note_skip(slot, ident)
         fence()
-        if not _after(ident, ident_begun(slot)):
+        if not comes_after(ident, ident_begun(slot)):
             self._asked.add(ident)  # begun meanwhile, or about to be skipped: its reply says
             return False
         del self._takeable[ident]
@@ -345,6 +345,10 @@ class Channel:
         if fut is not None and not fut.done():
             fut.set_exception(TakenBack())
         return True
+
+    def host_call(self, frame: Frame) -> None:
+        """A HOST_CALL frame read by a lease holder with several requests in flight."""
+        self._host_call(frame)
 
     def _host_call(self, frame: Frame) -> None:
         if self.on_host_call is not None:

@@ -19,13 +19,12 @@ import concurrent.futures as cf
 import contextlib
 import itertools
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NoReturn, Unpack
 
-from snakeden import _commands, _host_calls, _mapping, _mapping_sync, _progress
+from snakeden import _commands, _host_calls, _mapping, _mapping_sync, _progress, _submit_sync
 from snakeden._calls import UNSET as _UNSET
 from snakeden._calls import Command
 from snakeden._channel import ChannelLost
@@ -40,9 +39,7 @@ from snakeden._stats import PoolStats
 from snakeden._sync_sessions import Session
 from snakeden._sync_streams import BridgedStream, SyncStream
 
-_Item = tuple[
-    cf.Future[Any], Command, tuple[Any, ...], dict[str, Any], bool, float, "SessionRecord | None"
-]
+_Item = _submit_sync.Item
 
 # Pools not yet shut down, for the exit hook. Strong references on purpose: an open pool owns
 # processes and queued calls, so it is not garbage until it is shut down.
@@ -143,10 +140,9 @@ class SyncPool(cf.Executor):
         self._thread.start()
         self._core = PoolCore(self.config, self._loop, blocking=True)
         self._aio = Pool._sharing(self._core)
-        self._queue: queue.SimpleQueue[_Item | _mapping_sync.BlockingLane | None] = (
-            queue.SimpleQueue()
-        )
+        self._queue = _submit_sync.DispatchQueue()
         self._dispatchers: list[threading.Thread] = []
+        self._serving: set[_submit_sync.Lane] = set()  # lanes of submit() serving now
         self._submitted = 0  # submitted and not yet picked up by a dispatcher
         self._lock = threading.Lock()
         self._shutdown = False
@@ -156,6 +152,15 @@ class SyncPool(cf.Executor):
         except BaseException:
             self._stop_loop()
             raise
+        # submit() pipelines (see _submit_sync) unless calls have a timeout (its time would
+        # run while waiting behind another) or are traced, or workers share their channel.
+        cfg = self.config
+        self._lanes = (
+            cfg.pipeline > 1
+            and cfg.call_timeout is None
+            and self._core.tracing is None
+            and not self._core.checkout.shared
+        )
         with _open_pools_lock:
             _open_pools.add(self)
 
@@ -292,7 +297,7 @@ class SyncPool(cf.Executor):
             cmd, args, pickle=self.config.serializer == "pickle", batch=batch
         )
         fut: cf.Future[Any] = cf.Future()
-        self._enqueue((fut, cmd, args, kwargs, batch, time.monotonic(), session))
+        self._enqueue((fut, cmd, args, kwargs, batch, time.monotonic(), session, 0))
         return fut
 
     def _enqueue(self, entry: _Item | _mapping_sync.BlockingLane) -> None:
@@ -307,7 +312,13 @@ class SyncPool(cf.Executor):
                     f"{self.config.max_queue})"
                 )
             self._submitted += 1
-            if len(self._dispatchers) < min(self._submitted, self.config.upper_size):
+            # A thread per queued call that no idle dispatcher waits for (a dispatcher blocks
+            # on one worker at a time): a call queued while the others run long ones still
+            # reaches an idle worker at once.
+            if (
+                len(self._dispatchers) < self.config.upper_size
+                and self._submitted > self._queue.waiting
+            ):
                 t = threading.Thread(
                     target=self._dispatch,
                     name=f"snakeden-dispatch-{len(self._dispatchers)}",
@@ -328,21 +339,69 @@ class SyncPool(cf.Executor):
                     self._submitted -= 1
                 item()
                 continue
-            self._run_item(item)
+            with self._lock:
+                self._submitted -= 1
+            if self._lanes and item[6] is None:
+                runs, remaining = self._started(item)
+                if runs:
+                    lane = _submit_sync.Lane(
+                        self._core, self._take_queued, self._give_back, self.config.pipeline
+                    )
+                    with self._lock:
+                        self._serving.add(lane)
+                    try:
+                        lane.serve(item, remaining)
+                    finally:
+                        with self._lock:
+                            self._serving.discard(lane)
+                    del lane
+            else:
+                self._run_item(item)
             # This thread may wait long for the next item: it must not keep this one's
             # function, arguments or future (and so its result) alive until then.
             del item
 
-    def _run_item(self, item: _Item) -> None:
-        fut, cmd, args, kwargs, batch, queued_at, session = item
-        with self._lock:
-            self._submitted -= 1
-        if not fut.set_running_or_notify_cancel():
-            return
+    def _started(self, item: _Item) -> tuple[bool, float | None]:
+        """Mark a call picked up as running. Returns whether it runs (not if cancelled, or
+        its queue timeout passed: its future says so), and what is left of its queue timeout
+        (None: no limit)."""
+        fut, queued_at = item[0], item[5]
+        # A call given back by a lane (its worker never began it) is running already.
+        if not fut.running() and not fut.set_running_or_notify_cancel():
+            return False, None
         qt = self.config.queue_timeout
         remaining = None if qt is None else qt - (time.monotonic() - queued_at)
         if remaining is not None and remaining <= 0:
             fut.set_exception(self._core.queue_timeout_error(qt or 0.0))
+            return False, None
+        return True, remaining
+
+    def _take_queued(self) -> _Item | None:
+        """For a lane with room: the call at the head of the queue, if it may go behind
+        another (not a session's, not a map's lane), picked up and running; None while a
+        worker is free (or the pool may grow): a dispatcher takes it there instead."""
+        checkout = self._core.checkout
+        while True:
+            if checkout.idle or checkout._below_max():
+                return None
+            item: _Item | None = self._queue.take(_lane_item)
+            if item is None:
+                return None
+            with self._lock:
+                self._submitted -= 1
+            if self._started(item)[0]:
+                return item
+
+    def _give_back(self, items: list[_Item]) -> None:
+        """Calls a lane's worker never began: to the head of the queue, in their order."""
+        with self._lock:
+            self._submitted += len(items)
+        self._queue.put_front(items)
+
+    def _run_item(self, item: _Item) -> None:
+        fut, cmd, args, kwargs, batch, _queued_at, session, _attempts = item
+        runs, remaining = self._started(item)
+        if not runs:
             return
         try:
             if session is None:
@@ -462,20 +521,24 @@ class SyncPool(cf.Executor):
             first = not self._shutdown
             self._shutdown = True
         if cancel_futures:
+            running: list[_Item] = []  # given back by a lane: they run, as begun calls do
             while True:
                 try:
                     item = self._queue.get_nowait()
-                except queue.Empty:
+                except IndexError:
                     break
                 if item is None:
-                    self._queue.put(None)  # a sentinel of an earlier shutdown: keep it
+                    self._queue.put_front([None])  # a sentinel of an earlier shutdown: keep it
                     break
                 if isinstance(item, _mapping_sync.BlockingLane):
                     item.cancel()
-                else:
-                    item[0].cancel()
+                elif not item[0].cancel():
+                    running.append(item)
+                    continue
                 with self._lock:
                     self._submitted -= 1
+            if running:
+                self._queue.put_front(running)
         if not first:
             if wait:
                 self._finished.wait()
@@ -547,3 +610,8 @@ class SyncPool(cf.Executor):
 
     def __repr__(self) -> str:
         return describe(self, self._core)
+
+
+def _lane_item(entry: object) -> bool:
+    """Whether a queue entry may go behind another call in a lane: a plain submitted call."""
+    return type(entry) is tuple and entry[6] is None

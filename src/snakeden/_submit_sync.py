@@ -1,0 +1,387 @@
+"""``SyncPool.submit``'s pipelining: a dispatcher thread keeps several queued calls in the pipe
+of the worker it leased, and reads their replies on its own thread (as ``map``'s lanes do for
+chunks, ``_mapping_sync``).
+
+The rules are the asyncio front's (``_pipeline``). A call waits behind another only if it was
+already queued when the lane had room (nobody waits for a free worker meanwhile: a free worker
+would have taken it), only a plain call (no session, no call timeout), and only behind a call that
+began under ``BEHIND_LIMIT`` ago. Once the running call is older than that, the lane takes back
+the calls behind it that the worker has not begun (the begun slot's handshake, see
+``Channel.take_back``) and puts them back at the head of the queue, where the first free worker
+takes them: a call never waits long behind another while a worker could run it. A crash or a
+protocol error fails only the calls the worker began; the others go back to the head of the
+queue and run elsewhere.
+
+::
+
+    submit() ──> DispatchQueue ──> dispatcher thread ──> serve(): lease a worker,
+                    ^   (head)                            write the calls in one go,
+                    │                                     read replies, resolve futures
+                    └──── calls given back (not begun) ───┘
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from snakeden import _regions
+from snakeden._calls import Command, command_name, decode_reply, unpack_batch
+from snakeden._channel import ChannelLost, comes_after, ident_begun, is_skipped_reply
+from snakeden._crashes import MAX_DISPATCHES, is_violation
+from snakeden._errors import ProtocolError
+from snakeden._handle import Cause, WorkerHandle
+from snakeden._mapping import _chunk_budget
+from snakeden._mapping_sync import _unsent_blocking
+from snakeden._pipeline import BEHIND_LIMIT, MAX_DEPTH
+from snakeden._protocol import (
+    FEATURE_BEGUN,
+    KIND_CALL,
+    NO_REGION,
+    PICKLE,
+    Frame,
+    Kind,
+    encode_header,
+)
+from snakeden._shm import fence, note_skip
+from snakeden._stats import Outcome
+
+if TYPE_CHECKING:
+    from snakeden._core import PoolCore
+    from snakeden._sessions import SessionRecord
+
+#: A submitted call: its future, command, args, kwargs, batch flag, when it was queued, its
+#: session (None: any worker) and how many times a worker that died before beginning it had it.
+Item = tuple[
+    cf.Future[Any],
+    Command,
+    tuple[Any, ...],
+    dict[str, Any],
+    bool,
+    float,
+    "SessionRecord | None",
+    int,
+]
+
+_HOST_CALL: Final = int(Kind.HOST_CALL)
+
+
+class _LeaseGone(Exception):
+    """The lease ended under the lane (``PoolCore.place`` gave it back when it failed)."""
+
+
+class DispatchQueue:
+    """The dispatcher threads' FIFO, with a head for calls given back by a lane, and a count of
+    the dispatchers waiting for an entry (none: every dispatcher is busy)."""
+
+    def __init__(self) -> None:
+        self._items: deque[Any] = deque()
+        self._cond = threading.Condition(threading.Lock())
+        self.waiting = 0  # dispatcher threads blocked in get()
+        self._watchers = 0  # threads in wait_for() (tests)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, entry: Any) -> None:
+        with self._cond:
+            self._items.append(entry)
+            self._cond.notify_all() if self._watchers else self._cond.notify()
+
+    def put_front(self, entries: list[Any]) -> None:
+        with self._cond:
+            self._items.extendleft(reversed(entries))
+            self._cond.notify_all()
+
+    def get(self) -> Any:
+        with self._cond:
+            self.waiting += 1
+            try:
+                while not self._items:
+                    self._cond.wait()
+            finally:
+                self.waiting -= 1
+            return self._popleft()
+
+    def get_nowait(self) -> Any:
+        """The head entry; raises ``IndexError`` when there is none."""
+        with self._cond:
+            return self._popleft()
+
+    def take(self, may: Callable[[Any], bool]) -> Any:
+        """The head entry if ``may`` says it may be taken, else None (it stays)."""
+        with self._cond:
+            if self._items and may(self._items[0]):
+                return self._popleft()
+            return None
+
+    def _popleft(self) -> Any:
+        entry = self._items.popleft()
+        if self._watchers:
+            self._cond.notify_all()
+        return entry
+
+    def wait_for(self, length: int, timeout: float) -> bool:
+        """Wait until exactly ``length`` entries are queued (for tests: an event, not a
+        sleep). Returns False if ``timeout`` passed first."""
+        with self._cond:
+            self._watchers += 1
+            try:
+                return self._cond.wait_for(lambda: len(self._items) == length, timeout)
+            finally:
+                self._watchers -= 1
+
+
+@dataclass(slots=True)
+class _Sent:
+    item: Item
+    name: str
+    ident: int
+    end: int  # where its frame ends in this lease's writes (bytes)
+    sent_at: float
+    waited: float
+    asked: bool = False  # asked to skip it, and the worker may have begun it: its reply says
+
+
+class Lane:
+    """One lease of one worker by a dispatcher thread, serving queued calls through it."""
+
+    def __init__(
+        self,
+        core: PoolCore,
+        take: Callable[[], Item | None],
+        give_back: Callable[[list[Item]], None],
+        depth: int,
+    ) -> None:
+        self.core = core
+        self.take = take  # the next queued call this lane may send, accounted as picked up
+        self.give_back = give_back  # calls to the head of the queue, accounted as queued again
+        self.depth = min(depth, MAX_DEPTH)
+        self.inflight: deque[_Sent] = deque()
+        self.written = 0
+        self.worker: WorkerHandle | None = None  # leased, while it serves
+
+    def serve(self, first: Item, queue_timeout: float | None) -> None:
+        """Run ``first`` (already marked running) and what queues behind it. Never raises:
+        every call's outcome is its future's."""
+        core = self.core
+        try:
+            w, waited = core.checkout_blocking(queue_timeout)
+        except BaseException as exc:
+            first[0].set_exception(exc)
+            return
+        self.worker = w
+        channel = w.channel
+        assert channel is not None
+        try:
+            channel.begin_blocking()
+        except ChannelLost as lost:  # broke while idle: the call never reached it
+            if core.call_lost(w, lost, waited, time.perf_counter(), first[7]):
+                self.give_back([_again(first)])
+            else:
+                w.gone.wait(5.0)
+                first[0].set_exception(core.crash_error(w, lost, command_name(first[1])[0]))
+            return
+        depth = self.depth if FEATURE_BEGUN in w.features and channel.begun is not None else 1
+        w.current_command = command_name(first[1])[0]
+        try:
+            self._run(w, first, waited, depth)
+        except _LeaseGone:
+            return
+        except BaseException as exc:  # interrupted: the worker's state is unknown
+            core.worker_failed(w, Cause.INTERRUPTED)
+            core.release(w, None)
+            for s in self.inflight:
+                s.item[0].set_exception(exc)
+            raise
+
+    def _run(self, w: WorkerHandle, first: Item, waited: float, depth: int) -> None:
+        core = self.core
+        channel = w.channel
+        assert channel is not None
+        clock = core.checkout.clock
+        inflight = self.inflight
+        replies: dict[int, Frame] = {}
+        budget = _chunk_budget(w)
+        began = clock()  # when the running call began (the host's view)
+        taken = False  # the calls behind the running one were taken back: none join it now
+        nxt: Item | None = first
+        while True:
+            batch: list[bytes] = []
+            while budget and len(inflight) < depth:
+                if nxt is None:
+                    if taken or not inflight or clock() - began >= BEHIND_LIMIT:
+                        break
+                    nxt = self.take()
+                    if nxt is None:
+                        break
+                item, nxt = nxt, None
+                data = self._frame(w, item, waited if item is first else 0.0, bool(inflight))
+                if data is None:
+                    continue
+                batch.append(data)
+                budget -= 1
+            if batch:
+                try:
+                    channel.write_blocking(batch[0] if len(batch) == 1 else b"".join(batch), None)
+                except ChannelLost as lost:
+                    self._lost(w, lost, replies)
+                    return
+            if not inflight:
+                break
+            deadline = None
+            if not taken and (len(inflight) > 1 or (budget and len(inflight) < depth)):
+                # While the running call is young, look at the queue again (calls may join it)
+                # and, once it is not, take back the calls behind it.
+                left = BEHIND_LIMIT - (clock() - began)
+                deadline = time.monotonic() + max(left, 0.0)
+            try:
+                frames = channel.read_frames_blocking(deadline)
+            except TimeoutError:
+                if clock() - began >= BEHIND_LIMIT:
+                    self._take_back(w)
+                    taken = True
+                continue
+            except ChannelLost as lost:
+                self._lost(w, lost, replies)
+                return
+            for frame in frames:
+                if frame.kind == _HOST_CALL:
+                    channel.host_call(frame)
+                else:
+                    replies[frame.id] = frame
+            while inflight and inflight[0].ident in replies:
+                s = inflight.popleft()
+                frame = replies.pop(s.ident)
+                began, taken = clock(), False  # the next call begins now
+                if s.asked and is_skipped_reply(frame):
+                    self._taken([s.item])  # the worker saw the note after all
+                    continue
+                try:
+                    outcome = _resolve(w, s, frame)
+                except ProtocolError:
+                    core.worker_failed(w, Cause.PROTOCOL)
+                    core.checkout.count(w, "crashed", s.waited, time.perf_counter() - s.sent_at)
+                    self._lost(w, ChannelLost(None), replies)
+                    return
+                core.checkout.count(w, outcome, s.waited, time.perf_counter() - s.sent_at)
+        core.release(w, None)
+
+    def _frame(self, w: WorkerHandle, item: Item, waited: float, behind: bool) -> bytes | None:
+        """The CALL frame for ``item`` on ``w`` (noted in flight), or None if it cannot go:
+        encoding failed (its future has the error) or it needs the region while another call
+        is in flight (given back). Raises _LeaseGone if writing its region failed (the error
+        is its future's, and the lease was given back)."""
+        core = self.core
+        fut, cmd, args, kwargs, batch = item[:5]
+        try:
+            name, flags, body = core.encode_call(cmd, args, kwargs, batch=batch)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            return None
+        if type(body) is not bytes:
+            if behind:  # its buffers go by the region, which the running call may hold
+                self.give_back([item])
+                return None
+            try:
+                body = core.place(w, body)  # type: ignore[arg-type]  # gives the lease back if it fails
+            except BaseException as exc:
+                fut.set_exception(exc)
+                raise _LeaseGone from None
+        channel = w.channel
+        assert channel is not None
+        ident = channel.next_id()
+        if behind:
+            flags |= NO_REGION  # and the worker fences before it begins it (see _shm.fence)
+        data = encode_header(KIND_CALL, ident, len(body), flags) + body
+        self.written += len(data)
+        self.inflight.append(_Sent(item, name, ident, self.written, time.perf_counter(), waited))
+        return data
+
+    def _take_back(self, w: WorkerHandle) -> None:
+        """The running call is past BEHIND_LIMIT: take back every call behind it the worker
+        has not begun; those it may have begun are asked to be skipped (their replies say)."""
+        channel = w.channel
+        assert channel is not None and channel.begun is not None
+        slot = channel.begun
+        behind = [s for s in list(self.inflight)[1:] if not s.asked]
+        if not behind:
+            return
+        for s in behind:
+            note_skip(slot, s.ident)
+        fence()
+        begun = ident_begun(slot)
+        taken = [s for s in behind if comes_after(s.ident, begun)]
+        for s in behind:
+            s.asked = True
+        for s in taken:
+            self.inflight.remove(s)
+        self._taken([s.item for s in taken])
+
+    def _taken(self, items: list[Item]) -> None:
+        if not items:
+            return
+        with self.core.checkout.lock:
+            self.core.checkout.counters.calls_taken_back += len(items)
+        self.give_back(items)
+
+    def _lost(self, w: WorkerHandle, lost: ChannelLost, replies: dict[int, Frame]) -> None:
+        """The worker is finished: each call in flight is judged once it is gone. Answered
+        before: its reply. Provably never begun: back to the head of the queue. Else: failed
+        as the crash (or protocol error) it was."""
+        core = self.core
+        core.worker_failed(w, Cause.PROTOCOL if is_violation(lost) else Cause.CRASHED)
+        w.gone.wait(5.0)  # what it began is final once it is gone, and its exit is known
+        again: list[Item] = []
+        for s in self.inflight:
+            frame = replies.pop(s.ident, None)
+            latency = time.perf_counter() - s.sent_at
+            if frame is not None and not (s.asked and is_skipped_reply(frame)):
+                try:
+                    outcome = _resolve(w, s, frame)
+                except ProtocolError:
+                    outcome = "crashed"
+                core.checkout.count(w, outcome, s.waited, latency)
+            elif frame is not None or (
+                _unsent_blocking(w, s.ident, s.end, self.written) and s.item[7] + 1 < MAX_DISPATCHES
+            ):
+                if frame is None:
+                    with core.checkout.lock:
+                        core.checkout.counters.calls_redispatched += 1
+                again.append(_again(s.item))
+            else:
+                core.checkout.count(w, "crashed", s.waited, latency)
+                s.item[0].set_exception(core.crash_error(w, lost, s.name))
+        self.inflight.clear()
+        core.release(w, None)
+        if again:
+            self.give_back(again)
+
+
+def _resolve(w: WorkerHandle, s: _Sent, frame: Frame) -> Outcome:
+    """Settle ``s``'s future from its reply. Raises ProtocolError (also set on the future)
+    for a reply that cannot be read."""
+    fut = s.item[0]
+    try:
+        if frame.flags & PICKLE or _regions.EXT_REGION in frame.body:
+            _regions.reading(w.region_out)
+        result = decode_reply(frame, s.name)
+        if s.item[4]:
+            result = unpack_batch(result, s.name)
+    except ProtocolError as exc:
+        fut.set_exception(exc)
+        raise
+    except BaseException as exc:
+        fut.set_exception(exc)
+        return "failed"
+    fut.set_result(result)
+    return "ok"
+
+
+def _again(item: Item) -> Item:
+    return (*item[:7], item[7] + 1)
