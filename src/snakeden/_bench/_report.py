@@ -130,7 +130,7 @@ def metrics(s: Settings) -> list[Metric]:
         Metric(
             "throughput",
             "throughput.pipelined",
-            "one call each, all in flight, pipeline=16 (snakeden only)",
+            "one call each, all in flight, pipeline=15, the most (snakeden only)",
             "calls/s",
             "higher",
             pooled_median("pipelined_calls_per_s"),

@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import snakeden
 from snakeden._bench._common import (
@@ -32,6 +32,7 @@ from snakeden._bench._common import (
     record_memory,
 )
 from snakeden._bench._sync import SyncHandle, run_scenario
+from snakeden._pipeline import MAX_DEPTH
 
 START_METHOD: Final = "auto"  # Final keeps its literal type, which the pool options require
 
@@ -53,6 +54,7 @@ class SnakedenSyncHandle(SyncHandle):
         "init": "the worker module imports them; preload= names them",
     }
     supports_timeout = True
+    options: ClassVar[dict[str, Any]] = {}
 
     def open(self) -> None:
         self._pool = snakeden.SyncPool(
@@ -60,6 +62,7 @@ class SnakedenSyncHandle(SyncHandle):
             size=self.size,
             start_method=START_METHOD,
             preload=list(self.preload),
+            **self.options,
         )
         self._pool.__enter__()
         self._threads = cf.ThreadPoolExecutor(max_workers=1)
@@ -91,7 +94,15 @@ class SnakedenSyncHandle(SyncHandle):
         return self._session()
 
     def info(self) -> dict[str, str]:
-        return {"start_method": START_METHOD, "pool": repr(self._pool)}
+        tuned = ", ".join(f"{k}={v}" for k, v in self.options.items())
+        return {"start_method": START_METHOD, "pool": repr(self._pool), "tuned": tuned}
+
+
+class SnakedenSyncTuned(SnakedenSyncHandle):
+    options: ClassVar[dict[str, Any]] = {"pipeline": MAX_DEPTH}
+
+
+SnakedenSyncHandle.tuned = SnakedenSyncTuned
 
 
 def run_sync(
@@ -319,12 +330,12 @@ async def _run_async(
             out.add("map_default_calls_per_s", n / (time.perf_counter() - t0))
             if len(results) != n:
                 raise RuntimeError(f"map returned {len(results)} results for {n} items")
-        async with _pool(s.size, pipeline=16) as pool:
+        async with _pool(s.size, pipeline=MAX_DEPTH) as pool:
             await asyncio.gather(*(pool.call("echo", b"x") for _ in range(s.warmup_calls)))
             t0 = time.perf_counter()
             await asyncio.gather(*(pool.call("echo", b"x") for _ in range(n)))
             out.add("pipelined_calls_per_s", n / (time.perf_counter() - t0))
-            out.note("pipelined: Pool(pipeline=16), up to 16 calls in flight per worker")
+            out.note(f"tuned: Pool(pipeline={MAX_DEPTH}), the most calls in flight per worker")
     elif scenario == "payload":
         async with _pool(s.size) as pool, _described(pool, out):
             await _probe_all(pool, s.size, s.hold_s)

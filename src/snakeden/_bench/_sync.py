@@ -37,6 +37,8 @@ class SyncHandle(abc.ABC):
     #: What the report says about how this contender was driven, per scenario.
     api: dict[str, str] = {}
     supports_timeout = False
+    #: The same contender with its throughput settings tuned (snakeden: the deepest pipeline).
+    tuned: type[SyncHandle] | None = None
 
     def __init__(self, size: int, preload: tuple[str, ...] = ()) -> None:
         self.size = size
@@ -220,6 +222,17 @@ def run_scenario(
                     raise RuntimeError(f"map returned {len(results)} results for {n} items")
             except NotApplicable as exc:
                 out.note(f"bulk map n/a: {exc}")
+        if h_factory.tuned is not None:
+            with h_factory.tuned(s.size) as h:
+                warm = [h.submit("echo", b"x") for _ in range(s.warmup_calls)]
+                for f in warm:
+                    f.result()
+                t0 = time.perf_counter()
+                futures = [h.submit("echo", b"x") for _ in range(n)]
+                for f in futures:
+                    f.result()
+                out.add("pipelined_calls_per_s", n / (time.perf_counter() - t0))
+                out.note(f"tuned: {h.info().get('tuned', '')}")
     elif scenario == "payload":
         with h_factory(s.size) as h:
             out.info.update(h.info())
