@@ -174,3 +174,62 @@ def test_a_call_behind_one_that_waits_for_it_is_taken_back_by_a_worker_that_come
             assert log.read_text().split() == ["ran"]
 
     run(body())
+
+
+def test_calls_behind_a_call_that_runs_long_queue_again_ahead_of_later_calls() -> None:
+    """Once the running call is older than BEHIND_LIMIT (the injected clock moves on), the calls
+    waiting behind it that the worker has not begun are taken back and queue again ahead of the
+    calls that came after them: they run first on the next worker to come free."""
+    now = [0.0]
+
+    async def body() -> None:
+        taken: list[str] = []
+        swept = asyncio.Event()
+
+        def on_event(e: snakeden.WorkerEvent) -> None:
+            if e.kind == "taken_back":
+                taken.append(e.detail)
+                if len(taken) == 2:
+                    swept.set()
+
+        with tempfile.TemporaryDirectory() as tmp:
+            log = pathlib.Path(tmp, "log")
+            flags = [Rendezvous(tmp, f"began{i}") for i in range(2)]
+            releases = [os.path.join(tmp, f"release{i}") for i in range(2)]
+            for r in releases:
+                os.mkfifo(r)
+            async with snakeden.Pool(
+                FAULTS, size=2, clock=lambda: now[0], pipeline=2, on_event=on_event
+            ) as pool:
+                held = [
+                    asyncio.create_task(pool.call("block_until", str(f), r))
+                    for f, r in zip(flags, releases, strict=True)
+                ]
+                pids = [int(await f.wait_async()) for f in flags]
+                behind = [
+                    asyncio.create_task(pool.call("record", str(log), f"behind{i}"))
+                    for i in range(2)
+                ]
+                await asyncio.sleep(0)  # a yield: each task runs up to its send
+                assert _inflight(pool) == {pids[0]: 2, pids[1]: 2}
+                later = asyncio.create_task(pool.call("record", str(log), "later"))
+                await asyncio.sleep(0)
+                assert pool.stats().queued == 1
+                now[0] = 1.0  # both running calls are old now
+                await asyncio.wait_for(swept.wait(), 60)
+                assert taken == ["1 call(s)", "1 call(s)"]
+                await asyncio.to_thread(pathlib.Path(releases[0]).write_text, "x")
+                assert await asyncio.wait_for(asyncio.gather(*behind, later), 60) == [
+                    "behind0",
+                    "behind1",
+                    "later",
+                ]
+                assert log.read_text().split()[-1] == "later"  # after both that came before it
+                await asyncio.to_thread(pathlib.Path(releases[1]).write_text, "x")
+                await asyncio.wait_for(asyncio.gather(*held), 60)
+                s = pool.stats()
+                assert s.calls_taken_back == 2 and s.restarts == 0 and s.calls_ok == 5
+            # Closed: each ran once (the workers they were taken from skipped them).
+            assert sorted(log.read_text().split()) == ["behind0", "behind1", "later"]
+
+    run(body())

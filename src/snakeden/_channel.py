@@ -316,35 +316,39 @@ class Channel:
                 # for this reply rather than wait for one that already came.
                 self._unclaimed[frame.id] = frame
 
-    def take_back(self) -> bool:
-        """Take back the oldest call waiting behind the one the worker runs, if the worker
-        provably has not begun it: its caller gets :class:`TakenBack` and sends it to a free
-        worker. False when no call waits, or when the worker may just have begun it; then, if
-        the worker skipped it after all, its SKIPPED answer becomes TakenBack as it comes.
+    def take_back(self, *, every: bool = False) -> int:
+        """Take back the oldest call waiting behind the one the worker runs (``every``: all
+        of them) that the worker provably has not begun: its caller gets :class:`TakenBack`
+        and sends it again. Returns how many were taken. A call the worker may just have begun
+        stays; if the worker skipped it after all, its SKIPPED answer becomes TakenBack as it
+        comes.
 
         Dekker's handshake over the begun slot (``_shm.fence``): the host notes the skip, then
         reads the begun id; the worker stores the begun id, then reads the skips. If the host
         reads an id before this call's, the worker will see the note before it runs the call."""
         slot = self.begun
         if slot is None or self.lost is not None or not self._takeable:
-            return False
+            return 0
         begun = ident_begun(slot)
-        for ident in self._takeable:
-            if ident not in self._asked and comes_after(ident, begun):
-                break
-        else:
-            return False
-        note_skip(slot, ident)
+        asking = [i for i in self._takeable if i not in self._asked and comes_after(i, begun)]
+        if not every:
+            del asking[1:]
+        for ident in asking:
+            note_skip(slot, ident)
         fence()
-        if not comes_after(ident, ident_begun(slot)):
-            self._asked.add(ident)  # begun meanwhile, or about to be skipped: its reply says
-            return False
-        del self._takeable[ident]
-        self._ends.pop(ident, None)
-        fut = self._pending.pop(ident, None)
-        if fut is not None and not fut.done():
-            fut.set_exception(TakenBack())
-        return True
+        begun = ident_begun(slot)
+        taken = 0
+        for ident in asking:
+            if not comes_after(ident, begun):
+                self._asked.add(ident)  # begun meanwhile, or about to be skipped: its reply says
+                continue
+            del self._takeable[ident]
+            self._ends.pop(ident, None)
+            fut = self._pending.pop(ident, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(TakenBack())
+            taken += 1
+        return taken
 
     def host_call(self, frame: Frame) -> None:
         """A HOST_CALL frame read by a lease holder with several requests in flight."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 import threading
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -27,7 +27,8 @@ from snakeden._handle import BUSY, DEAD, IDLE, STARTING, STOPPING, Cause, Worker
 from snakeden._invariants import check_invariants
 from snakeden._pipeline import PipelineCheckout
 from snakeden._sessions import SessionCheckout
-from snakeden._stats import Counters, Outcome, Percentiles, PoolStats
+from snakeden._snapshot import snapshot
+from snakeden._stats import Counters, Outcome, PoolStats
 from snakeden._waiters import ALONE, FREE, ThreadWaiter, Waiter
 
 
@@ -134,7 +135,14 @@ class Checkout(SessionCheckout[Waiter], PipelineCheckout):
                 )
             waiter = make_waiter()
             waiter.mode = mode
-            self.waiters.append(waiter)
+            if again:  # accepted before: ahead of the calls that came since
+                waiter.again = True
+                i = 0
+                while i < len(self.waiters) and self.waiters[i].again:
+                    i += 1
+                self.waiters.insert(i, waiter)
+            else:
+                self.waiters.append(waiter)
             return waiter, self._should_grow()
 
     def give_up(
@@ -565,42 +573,9 @@ class Checkout(SessionCheckout[Waiter], PipelineCheckout):
             return sum(1 for w in self.workers.values() if w.in_service)
 
     def snapshot(self) -> PoolStats:
-        with self.lock:
-            c = self.counters
-            ws = list(self.workers.values())
-            return PoolStats(
-                state=self.phase.value,
-                workers=sum(1 for w in ws if w.state in _LIVE),
-                stopping=sum(1 for w in ws if w.state is STOPPING),
-                starting=sum(1 for w in ws if w.state is STARTING),
-                ready=len(self.idle),
-                busy=sum(1 for w in ws if w.inflight > 0),
-                in_flight=self.leased,
-                queued=len(self.waiters) + sum(len(q) for q in self.pinned.values()),
-                calls_ok=c.calls_ok,
-                calls_failed=c.calls_failed,
-                calls_timed_out=c.calls_timed_out,
-                calls_crashed=c.calls_crashed,
-                calls_rejected=c.calls_rejected,
-                calls_cancelled=c.calls_cancelled,
-                calls_redispatched=c.calls_redispatched,
-                calls_taken_back=c.calls_taken_back,
-                restarts=c.restarts,
-                recycled=c.recycled,
-                start_failures=c.start_failures,
-                checkout_wait=Percentiles.of(list(c.checkout_wait)),
-                call_latency=Percentiles.of(list(c.call_latency)),
-                slots=sum(w.depth for w in ws if w.state in (IDLE, BUSY)),
-                sessions=len(self.sessions),
-                sessions_by_worker=self.session_counts(),
-                nodes=dict(
-                    Counter(w.proc.node for w in ws if w.proc and w.proc.node and w.state in _LIVE)
-                ),
-            )
+        """The pool's numbers now (``Pool.stats()``)."""
+        return snapshot(self)
 
     def check_invariants(self) -> None:
         """Raise AssertionError if the bookkeeping disagrees with itself (tests call this)."""
         check_invariants(self)
-
-
-_LIVE = (STARTING, IDLE, BUSY)

@@ -50,6 +50,7 @@ from snakeden._events import EventHub
 from snakeden._handle import Cause, WorkerHandle
 from snakeden._host_calls import HostFunctions, refuse_waiting
 from snakeden._launchers import make_launcher
+from snakeden._pipeline import Sweeper
 from snakeden._process import Launcher
 from snakeden._protocol import (
     KIND_CALL,
@@ -106,6 +107,7 @@ class PoolCore:
         # Pipelining needs a channel that multiplexes replies: the asyncio front's.
         self.checkout = Checkout(config, depth=1 if blocking else config.pipeline)
         self.events = EventHub(config.on_event, config.clock)
+        self.sweeper = Sweeper(loop, self.checkout, self.events)  # calls behind long ones
         self.sup = Supervisor(
             config,
             loop,
@@ -137,7 +139,7 @@ class PoolCore:
     def queued_call(self, name: str, flags: int, body: bytes) -> QueuedCall:
         """The waiter of a plain call that finds no free worker (see QueuedCall)."""
         refuse_waiting()
-        return QueuedCall(self.loop.create_future(), name, flags, body)
+        return QueuedCall(self.loop.create_future(), name, flags, body, self.sweeper.watch)
 
     @staticmethod
     def _thread_waiter() -> ThreadWaiter:

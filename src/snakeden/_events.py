@@ -31,6 +31,7 @@ EventKind = Literal[
     "recycled",  # retired after its replacement became ready (or its limit)
     "replaced",  # its replacement is ready (detail: the new worker's id)
     "shrunk",  # retired for being idle past idle_timeout
+    "taken_back",  # calls waiting behind its running call were taken back (detail: how many)
     "backoff",  # (pool-wide) waiting ``duration`` seconds before restarting after failures
 ]
 EVENT_KINDS: tuple[EventKind, ...] = get_args(EventKind)

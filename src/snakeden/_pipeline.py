@@ -8,14 +8,17 @@ their callers send them to another worker. What it could cost in fairness is bou
 queues behind another only when no worker is free, no caller waits and the pool cannot grow;
 only a call that may (``_waiters.JOIN``: no timeout, not from a host function, not a session's);
 never behind a stream (``ALONE``); and only behind a call that began under ``BEHIND_LIMIT`` ago.
-And when a worker comes free with no caller queued while calls wait behind a running one, the
-oldest of those behind the longest-running call is taken back (``Channel.take_back``) and runs
-on the free worker: a call never waits behind another while a worker has nothing to do, so calls
-that wait for one another progress as they would without pipelining.
+Once the running call is older than that, the calls behind it that the worker has not begun are
+taken back (``Channel.take_back``, checked every ``BEHIND_LIMIT`` by :class:`Sweeper` while any
+wait) and queue again at the head of the queue; and when a worker comes free with no caller
+queued while calls wait behind a running one, the oldest of those behind the longest-running
+call is taken back to run there. So a call never waits long behind another while a worker could
+run it, and calls that wait for one another progress as they would without pipelining.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
@@ -28,6 +31,7 @@ from snakeden._waiters import JOIN
 
 if TYPE_CHECKING:
     from snakeden._checkout import Actions
+    from snakeden._events import EventHub
 
 #: Pipelining: a call queues behind a busy worker's only while the call that worker runs began
 #: less than this many seconds ago (a long call keeps later ones out of its worker's pipe; they
@@ -99,6 +103,17 @@ class PipelineCheckout:
                 stuck = w
         return stuck
 
+    def stuck(self) -> list[WorkerHandle]:
+        """The pipelined workers in service whose running call, with calls behind it, began
+        ``BEHIND_LIMIT`` ago or more."""
+        with self.lock:
+            old = self.clock() - BEHIND_LIMIT
+            return [
+                w
+                for w in self.workers.values()
+                if w.pipelined and w.inflight > 1 and w.state is BUSY and w.leased_at <= old
+            ]
+
     def resend(self, w: WorkerHandle, *, taken_back: bool = False) -> Actions | None:
         """Give back the lease of a call that never reached ``w`` (dead), or (``taken_back``)
         that ``w`` was told to skip: its caller sends it again at once (:meth:`returned`), and
@@ -117,3 +132,37 @@ class PipelineCheckout:
         with self.lock:
             self.returning -= 1
             return self._drained()
+
+
+class Sweeper:
+    """On the pool's loop: while calls wait behind others, every ``BEHIND_LIMIT`` take back
+    those behind a call that has run that long (their callers queue again, first in line)."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, checkout: PipelineCheckout, events: EventHub
+    ) -> None:
+        self.loop = loop
+        self.checkout = checkout
+        self.events = events
+        self._armed = False
+
+    def watch(self) -> None:
+        """A call was just sent behind another: sweep in ``BEHIND_LIMIT`` (if not due already)."""
+        if not self._armed:
+            self._armed = True
+            self.loop.call_later(BEHIND_LIMIT, self._sweep)
+
+    def _sweep(self) -> None:
+        self._armed = False
+        for w in self.checkout.stuck():
+            take_back(w, self.events, every=True)
+        if self.checkout.behind:
+            self.watch()
+
+
+def take_back(w: WorkerHandle, events: EventHub, *, every: bool = False) -> None:
+    """Take back the oldest call (or ``every`` call) waiting behind ``w``'s running one that
+    the worker has not begun (on the loop)."""
+    n = w.channel.take_back(every=every) if w.channel is not None else 0
+    if n:
+        events.emit("taken_back", w, None, detail=f"{n} call(s)")

@@ -165,10 +165,16 @@ class Pool:
         name, flags, body = core.encode_call(cmd, args, kwargs, batch=batch)
         timeout = cfg.call_timeout if timeout is _UNSET else timeout
         plain = type(body) is bytes and core.tracing is None and session is None
-        # A call with a timeout never waits behind another in a worker's pipe (its time would
-        # run there), nor one from a host function (it could wait behind the call waiting on it).
-        # Without pipelining no worker takes calls behind others: the mode does not matter.
-        joins = timeout is None and cfg.pipeline > 1 and _host_calls.inside() is None
+        # A call with a timeout (its own or the queue's) never waits behind another in a
+        # worker's pipe (its time would run there), nor one from a host function (it could wait
+        # behind the call waiting on it). Without pipelining no worker takes calls behind
+        # others: the mode does not matter.
+        joins = (
+            timeout is None
+            and cfg.pipeline > 1
+            and cfg.queue_timeout is None
+            and _host_calls.inside() is None
+        )
         mode = JOIN if joins else FREE
         attempt = 0
         again = False  # sent again (taken back, or its worker died before it began)
@@ -201,7 +207,11 @@ class Pool:
                 else:  # shared memory, tracing or a session: core.call_frame says it once
                     data = core.call_frame(w, name, ident, flags, body, waited, attempt, session)
                 fut = channel.expect(ident)
-                channel.send(data, ident, takeable=behind and w.pipelined)
+                if behind and w.pipelined:
+                    channel.send(data, ident, takeable=True)
+                    core.sweeper.watch()
+                else:
+                    channel.send(data, ident)
                 if timeout is not None:
                     timer = core.loop.call_later(timeout, _expire, fut)
             else:

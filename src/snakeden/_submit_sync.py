@@ -23,7 +23,6 @@ queue and run elsewhere.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -73,68 +72,6 @@ _HOST_CALL: Final = int(Kind.HOST_CALL)
 
 class _LeaseGone(Exception):
     """The lease ended under the lane (``PoolCore.place`` gave it back when it failed)."""
-
-
-class DispatchQueue:
-    """The dispatcher threads' FIFO, with a head for calls given back by a lane, and a count of
-    the dispatchers waiting for an entry (none: every dispatcher is busy)."""
-
-    def __init__(self) -> None:
-        self._items: deque[Any] = deque()
-        self._cond = threading.Condition(threading.Lock())
-        self.waiting = 0  # dispatcher threads blocked in get()
-        self._watchers = 0  # threads in wait_for() (tests)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def put(self, entry: Any) -> None:
-        with self._cond:
-            self._items.append(entry)
-            self._cond.notify_all() if self._watchers else self._cond.notify()
-
-    def put_front(self, entries: list[Any]) -> None:
-        with self._cond:
-            self._items.extendleft(reversed(entries))
-            self._cond.notify_all()
-
-    def get(self) -> Any:
-        with self._cond:
-            self.waiting += 1
-            try:
-                while not self._items:
-                    self._cond.wait()
-            finally:
-                self.waiting -= 1
-            return self._popleft()
-
-    def get_nowait(self) -> Any:
-        """The head entry; raises ``IndexError`` when there is none."""
-        with self._cond:
-            return self._popleft()
-
-    def take(self, may: Callable[[Any], bool]) -> Any:
-        """The head entry if ``may`` says it may be taken, else None (it stays)."""
-        with self._cond:
-            if self._items and may(self._items[0]):
-                return self._popleft()
-            return None
-
-    def _popleft(self) -> Any:
-        entry = self._items.popleft()
-        if self._watchers:
-            self._cond.notify_all()
-        return entry
-
-    def wait_for(self, length: int, timeout: float) -> bool:
-        """Wait until exactly ``length`` entries are queued (for tests: an event, not a
-        sleep). Returns False if ``timeout`` passed first."""
-        with self._cond:
-            self._watchers += 1
-            try:
-                return self._cond.wait_for(lambda: len(self._items) == length, timeout)
-            finally:
-                self._watchers -= 1
 
 
 @dataclass(slots=True)

@@ -38,6 +38,7 @@ from snakeden._events import EventHub, EventKind
 from snakeden._handle import Cause, WorkerHandle
 from snakeden._hello import check_hello
 from snakeden._output import OutputTail, tail_text
+from snakeden._pipeline import take_back
 from snakeden._process import Launcher, LaunchSpec
 from snakeden._protocol import (
     FEATURE_BEGUN,
@@ -144,8 +145,8 @@ class Supervisor:
     def _act_on_loop(self, act: Actions) -> None:
         if act.flush is not None:
             self._flush(act.flush)
-        if act.take_back is not None and act.take_back.channel is not None:
-            act.take_back.channel.take_back()  # its caller sends it again: to the free worker
+        if act.take_back is not None:
+            take_back(act.take_back, self.events)  # its caller sends it again: to the free one
         if act.retire is not None:
             w = act.retire
             self.events.emit("recycled", w, None, detail=f"after {w.calls} calls")

@@ -30,6 +30,7 @@ from snakeden._calls import Command
 from snakeden._channel import ChannelLost
 from snakeden._config import PoolOptions, make_config
 from snakeden._core import PoolCore
+from snakeden._dispatch_sync import Dispatchers, DispatchQueue
 from snakeden._errors import PoolClosed, PoolSaturated
 from snakeden._handle import Cause
 from snakeden._pool import Pool, describe, refuse_in_host_script
@@ -95,7 +96,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pools_in_child)
 
 
-class SyncPool(cf.Executor):
+class SyncPool(Dispatchers, cf.Executor):
     """A pool of warm worker processes for threaded code; safe from many threads at once.
 
     Takes the same arguments as :class:`snakeden.Pool`, options documented in
@@ -140,7 +141,7 @@ class SyncPool(cf.Executor):
         self._thread.start()
         self._core = PoolCore(self.config, self._loop, blocking=True)
         self._aio = Pool._sharing(self._core)
-        self._queue = _submit_sync.DispatchQueue()
+        self._queue = DispatchQueue()
         self._dispatchers: list[threading.Thread] = []
         self._serving: set[_submit_sync.Lane] = set()  # lanes of submit() serving now
         self._submitted = 0  # submitted and not yet picked up by a dispatcher
@@ -158,6 +159,7 @@ class SyncPool(cf.Executor):
         self._lanes = (
             cfg.pipeline > 1
             and cfg.call_timeout is None
+            and cfg.queue_timeout is None
             and self._core.tracing is None
             and not self._core.checkout.shared
         )
@@ -328,75 +330,6 @@ class SyncPool(cf.Executor):
                 t.start()
             # Under the lock: a shutdown's sentinels must come after every accepted call.
             self._queue.put(entry)
-
-    def _dispatch(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            if isinstance(item, _mapping_sync.BlockingLane):
-                with self._lock:
-                    self._submitted -= 1
-                item()
-                continue
-            with self._lock:
-                self._submitted -= 1
-            if self._lanes and item[6] is None:
-                runs, remaining = self._started(item)
-                if runs:
-                    lane = _submit_sync.Lane(
-                        self._core, self._take_queued, self._give_back, self.config.pipeline
-                    )
-                    with self._lock:
-                        self._serving.add(lane)
-                    try:
-                        lane.serve(item, remaining)
-                    finally:
-                        with self._lock:
-                            self._serving.discard(lane)
-                    del lane
-            else:
-                self._run_item(item)
-            # This thread may wait long for the next item: it must not keep this one's
-            # function, arguments or future (and so its result) alive until then.
-            del item
-
-    def _started(self, item: _Item) -> tuple[bool, float | None]:
-        """Mark a call picked up as running. Returns whether it runs (not if cancelled, or
-        its queue timeout passed: its future says so), and what is left of its queue timeout
-        (None: no limit)."""
-        fut, queued_at = item[0], item[5]
-        # A call given back by a lane (its worker never began it) is running already.
-        if not fut.running() and not fut.set_running_or_notify_cancel():
-            return False, None
-        qt = self.config.queue_timeout
-        remaining = None if qt is None else qt - (time.monotonic() - queued_at)
-        if remaining is not None and remaining <= 0:
-            fut.set_exception(self._core.queue_timeout_error(qt or 0.0))
-            return False, None
-        return True, remaining
-
-    def _take_queued(self) -> _Item | None:
-        """For a lane with room: the call at the head of the queue, if it may go behind
-        another (not a session's, not a map's lane), picked up and running; None while a
-        worker is free (or the pool may grow): a dispatcher takes it there instead."""
-        checkout = self._core.checkout
-        while True:
-            if checkout.idle or checkout._below_max():
-                return None
-            item: _Item | None = self._queue.take(_lane_item)
-            if item is None:
-                return None
-            with self._lock:
-                self._submitted -= 1
-            if self._started(item)[0]:
-                return item
-
-    def _give_back(self, items: list[_Item]) -> None:
-        """Calls a lane's worker never began: to the head of the queue, in their order."""
-        with self._lock:
-            self._submitted += len(items)
-        self._queue.put_front(items)
 
     def _run_item(self, item: _Item) -> None:
         fut, cmd, args, kwargs, batch, _queued_at, session, _attempts = item
@@ -610,8 +543,3 @@ class SyncPool(cf.Executor):
 
     def __repr__(self) -> str:
         return describe(self, self._core)
-
-
-def _lane_item(entry: object) -> bool:
-    """Whether a queue entry may go behind another call in a lane: a plain submitted call."""
-    return type(entry) is tuple and entry[6] is None

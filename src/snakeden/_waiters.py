@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from snakeden._protocol import KIND_CALL, NO_REGION, encode_header
@@ -26,12 +27,13 @@ ALONE: Final = 2  # a free worker, and nothing queues behind it (a stream: its r
 class AsyncWaiter:
     """A task's place in the queue. Woken on the loop, so no lock is needed to resolve it."""
 
-    __slots__ = ("fut", "mode", "worker")
+    __slots__ = ("again", "fut", "mode", "worker")
 
     def __init__(self, fut: asyncio.Future[Any]) -> None:
         self.fut = fut  # resolved with the worker (a QueuedCall's: with the reply)
         self.worker: WorkerHandle | None = None  # assigned under the checkout lock
         self.mode = FREE
+        self.again = False  # sent before (taken back, or its worker died): queued first
 
     def alive(self) -> bool:
         return not self.fut.done()
@@ -53,10 +55,18 @@ class QueuedCall(AsyncWaiter):
     ``ident`` stays 0 until the frame is written; from then on the call is the channel's, and
     only the caller's own handling of a reply, a loss or its cancellation applies."""
 
-    __slots__ = ("body", "flags", "ident", "name", "t1")
+    __slots__ = ("body", "flags", "ident", "name", "t1", "watch")
 
-    def __init__(self, fut: asyncio.Future[Any], name: str, flags: int, body: bytes) -> None:
+    def __init__(
+        self,
+        fut: asyncio.Future[Any],
+        name: str,
+        flags: int,
+        body: bytes,
+        watch: Callable[[], None],
+    ) -> None:
         super().__init__(fut)
+        self.watch = watch  # sent behind another call: the pool sweeps (_pipeline.Sweeper)
         self.name = name
         self.flags = flags
         self.body = body
@@ -83,6 +93,8 @@ class QueuedCall(AsyncWaiter):
             flags = self.flags | NO_REGION
             data = encode_header(KIND_CALL, ident, len(body), flags) + body
             channel.send(data, ident, takeable=w.pipelined)
+            if w.pipelined:
+                self.watch()
 
     def lease(self) -> tuple[WorkerHandle, int, float]:
         """The worker, request id and send time of the call, once sent."""
@@ -97,12 +109,13 @@ class QueuedCall(AsyncWaiter):
 class ThreadWaiter:
     """A thread's place in the queue."""
 
-    __slots__ = ("error", "event", "gave_up", "mode", "worker")
+    __slots__ = ("again", "error", "event", "gave_up", "mode", "worker")
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self.worker: WorkerHandle | None = None
         self.mode = FREE
+        self.again = False
         self.error: BaseException | None = None
         self.gave_up = False
 
