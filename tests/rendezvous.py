@@ -47,3 +47,13 @@ class Rendezvous:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def held_calls(directory: str, n: int) -> tuple[list[Rendezvous], list[str]]:
+    """For ``n`` calls of ``block_until``: the rendezvous each reports its start on, and the
+    FIFO each then waits on until the test (or another call) writes to it."""
+    flags = [Rendezvous(directory, f"began{i}") for i in range(n)]
+    releases = [os.path.join(directory, f"release{i}") for i in range(n)]
+    for r in releases:
+        os.mkfifo(r)
+    return flags, releases

@@ -19,7 +19,7 @@ import pytest
 
 import snakeden
 from tests.conftest import run
-from tests.rendezvous import Rendezvous
+from tests.rendezvous import Rendezvous, held_calls
 
 FAULTS = "tests.workers.faults"
 
@@ -142,10 +142,7 @@ def test_a_call_behind_one_that_waits_for_it_is_taken_back_by_a_worker_that_come
     async def body() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             log = pathlib.Path(tmp, "log")
-            flags = [Rendezvous(tmp, f"began{i}") for i in range(2)]
-            releases = [os.path.join(tmp, f"release{i}") for i in range(2)]
-            for r in releases:
-                os.mkfifo(r)
+            flags, releases = held_calls(tmp, 2)
             async with snakeden.Pool(FAULTS, size=2, clock=frozen, pipeline=2) as pool:
                 held = [
                     asyncio.create_task(pool.call("block_until", str(f), r))
@@ -194,10 +191,7 @@ def test_calls_behind_a_call_that_runs_long_queue_again_ahead_of_later_calls() -
 
         with tempfile.TemporaryDirectory() as tmp:
             log = pathlib.Path(tmp, "log")
-            flags = [Rendezvous(tmp, f"began{i}") for i in range(2)]
-            releases = [os.path.join(tmp, f"release{i}") for i in range(2)]
-            for r in releases:
-                os.mkfifo(r)
+            flags, releases = held_calls(tmp, 2)
             async with snakeden.Pool(
                 FAULTS, size=2, clock=lambda: now[0], pipeline=2, on_event=on_event
             ) as pool:

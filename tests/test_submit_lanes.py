@@ -14,7 +14,7 @@ import tempfile
 import pytest
 
 import snakeden
-from tests.rendezvous import Rendezvous
+from tests.rendezvous import Rendezvous, held_calls
 
 FAULTS = "tests.workers.faults"
 BOUND = 60.0  # generous: a loaded machine is slow, never this slow
@@ -62,10 +62,7 @@ def test_a_call_behind_one_that_waits_for_it_is_taken_back_and_runs_on_a_free_wo
     now = [0.0]
     with tempfile.TemporaryDirectory() as tmp:
         log = pathlib.Path(tmp, "log")
-        flags = [Rendezvous(tmp, f"began{i}") for i in range(2)]
-        releases = [os.path.join(tmp, f"release{i}") for i in range(2)]
-        for r in releases:
-            os.mkfifo(r)
+        flags, releases = held_calls(tmp, 2)
         with snakeden.SyncPool(FAULTS, size=2, clock=lambda: now[0], pipeline=2) as pool:
             held = []
             pids = []

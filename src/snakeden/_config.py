@@ -105,15 +105,15 @@ class PoolOptions(TypedDict, total=False):
     * ``queue_timeout`` (default: none): how long a call may wait for a free worker
       (``QueueTimeout``); ``max_queue`` (default 100000): callers that may wait at once
       (beyond it, ``PoolSaturated``).
-    * ``pipeline`` (default 1): calls in flight per worker (asyncio ``Pool``; ``SyncPool`` runs
-      one at a time per worker). Above 1, when no worker is free and no caller waits, a call
-      without a timeout may wait in a busy worker's pipe behind the call it runs, if that call
-      began under 10 ms ago (``_pipeline.BEHIND_LIMIT``). A crash or timeout fails only the
-      running call: the calls behind it never began (the worker notes each call it begins) and
-      run on another worker. Only local Python workers take calls behind others (not Node, not
-      Ray). Its two costs keep it off by default: calls that wait for one another (a barrier
-      across calls) can deadlock when one waits behind another (give them a timeout), and a
-      worker that writes garbage also loses the replies of the calls it ran after it.
+    * ``pipeline`` (default 8, at most 15 take effect): calls in flight per worker, for the
+      asyncio ``Pool`` and ``SyncPool.submit()`` (``SyncPool.call()`` from threads runs one at
+      a time per worker). When no worker is free and no caller waits, a call without a timeout
+      (its own or the queue's) may wait in a busy worker's pipe behind the call it runs, if
+      that call began under 10 ms ago (``_pipeline.BEHIND_LIMIT``); once it is older, the calls
+      behind it that the worker has not begun are taken back and queue again first in line. A
+      crash or timeout fails only the running call: the calls behind it never began (the
+      worker notes each call it begins) and run on another worker. Only local Python workers
+      take calls behind others (not Node, not Ray). ``1``: never.
     * ``max_frame_size`` (default 256 MiB): the largest message either way (``PayloadTooLarge``).
     * ``shm_threshold`` (default 64 KiB; ``None``: never): byte buffers of at least this many
       bytes in a call's arguments or result (``bytes``, ``bytearray``, ``memoryview``, at the
