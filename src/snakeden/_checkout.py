@@ -19,7 +19,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from snakeden._config import PoolConfig
 from snakeden._errors import PoolClosed, PoolSaturated
@@ -98,7 +98,12 @@ class Checkout(SessionCheckout[Waiter], PipelineCheckout):
     # --- callers -------------------------------------------------------------------------------
 
     def acquire(
-        self, make_waiter: Callable[[], Waiter], mode: int = FREE, *, again: bool = False
+        self,
+        make_waiter: Callable[..., Waiter],
+        mode: int = FREE,
+        *,
+        again: bool = False,
+        args: tuple[Any, ...] = (),
     ) -> tuple[WorkerHandle | Waiter, bool]:
         """A leased worker now, or a queued waiter (FIFO) that will be assigned one.
 
@@ -133,7 +138,7 @@ class Checkout(SessionCheckout[Waiter], PipelineCheckout):
                     f"{len(self.waiters)} callers are already waiting (max_queue="
                     f"{self.config.max_queue}); slow down, add workers or raise max_queue"
                 )
-            waiter = make_waiter()
+            waiter = make_waiter(*args)  # args: no closure per call for the collector to track
             waiter.mode = mode
             if again:  # accepted before: ahead of the calls that came since
                 waiter.again = True

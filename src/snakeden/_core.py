@@ -139,7 +139,7 @@ class PoolCore:
     def queued_call(self, name: str, flags: int, body: bytes) -> QueuedCall:
         """The waiter of a plain call that finds no free worker (see QueuedCall)."""
         refuse_waiting()
-        return QueuedCall(self.loop.create_future(), name, flags, body, self.sweeper.watch)
+        return QueuedCall(self.loop.create_future(), name, flags, body, self.sweeper)
 
     @staticmethod
     def _thread_waiter() -> ThreadWaiter:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, NoReturn, Unpack
 
 from snakeden import _commands, _host_calls, _mapping, _progress, _shm
@@ -131,9 +131,9 @@ class Pool:
 
     # --- calls --------------------------------------------------------------------------------
 
-    async def call(
+    def call(
         self, cmd: Command, /, *args: Any, timeout: float | None = _UNSET, **kwargs: Any
-    ) -> Any:
+    ) -> Coroutine[Any, Any, Any]:
         """Run ``cmd(*args, **kwargs)`` on a worker and return its result.
 
         ``cmd`` is a command name or an importable module-level function (with
@@ -143,8 +143,12 @@ class Pool:
         the pool's ``call_timeout``) bounds the run; past it the worker is killed and replaced
         and :class:`CallTimeout` raised. ``timeout`` is reserved: a command taking a keyword
         named ``timeout`` gets it through ``call_with(..., kwargs={"timeout": ...})``.
+
+        A coroutine, as from ``async def``: ``call_with``'s own, so that each call makes one
+        coroutine object, not two (with thousands in flight, the garbage collector's work
+        grows with every object alive).
         """
-        return await self.call_with(cmd, args, kwargs, timeout=timeout)
+        return self.call_with(cmd, args, kwargs, timeout=timeout)
 
     async def call_with(
         self,
@@ -182,7 +186,7 @@ class Pool:
             queued = None
             if plain and timeout is None and not again:
                 # Queued, it is sent by the step that frees a worker (QueuedCall).
-                got, grow = core.checkout.acquire(lambda: core.queued_call(name, flags, body), mode)
+                got, grow = core.checkout.acquire(core.queued_call, mode, args=(name, flags, body))
                 if isinstance(got, WorkerHandle):
                     w, waited = got, 0.0
                 else:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from snakeden._protocol import KIND_CALL, NO_REGION, encode_header
 
 if TYPE_CHECKING:
     from snakeden._handle import WorkerHandle
+    from snakeden._pipeline import Sweeper
 
 
 # How a caller takes a worker (pipelining: Checkout.acquire):
@@ -55,7 +55,7 @@ class QueuedCall(AsyncWaiter):
     ``ident`` stays 0 until the frame is written; from then on the call is the channel's, and
     only the caller's own handling of a reply, a loss or its cancellation applies."""
 
-    __slots__ = ("body", "flags", "ident", "name", "t1", "watch")
+    __slots__ = ("body", "flags", "ident", "name", "sweeper", "t1")
 
     def __init__(
         self,
@@ -63,10 +63,10 @@ class QueuedCall(AsyncWaiter):
         name: str,
         flags: int,
         body: bytes,
-        watch: Callable[[], None],
+        sweeper: Sweeper,
     ) -> None:
         super().__init__(fut)
-        self.watch = watch  # sent behind another call: the pool sweeps (_pipeline.Sweeper)
+        self.sweeper = sweeper  # told when the call is sent behind another (pipelining)
         self.name = name
         self.flags = flags
         self.body = body
@@ -94,7 +94,7 @@ class QueuedCall(AsyncWaiter):
             data = encode_header(KIND_CALL, ident, len(body), flags) + body
             channel.send(data, ident, takeable=w.pipelined)
             if w.pipelined:
-                self.watch()
+                self.sweeper.watch()
 
     def lease(self) -> tuple[WorkerHandle, int, float]:
         """The worker, request id and send time of the call, once sent."""
