@@ -55,6 +55,26 @@ def test_a_crash_fails_only_the_running_call_and_those_behind_it_run_elsewhere()
             assert s.calls_crashed == 1 and s.calls_redispatched == 3 and s.calls_ok == 3
 
 
+def test_garbage_fails_the_call_that_wrote_it_and_those_behind_it_run_elsewhere() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        flag = Rendezvous(tmp)
+        release = os.path.join(tmp, "release")
+        os.mkfifo(release)
+        with snakeden.SyncPool(FAULTS, size=1, clock=lambda: 0.0, pipeline=4) as pool:
+            head = pool.submit("garbage_when_released", str(flag), release)
+            victim = int(flag.wait())
+            behind = [pool.submit("echo", i) for i in range(3)]
+            _queue_holds(pool, 0)
+            assert _lanes(pool) == {victim: 4}
+            pathlib.Path(release).write_text("x")
+            with pytest.raises(snakeden.ProtocolError, match="garbage_when_released"):
+                head.result(BOUND)
+            assert [f.result(BOUND) for f in behind] == [0, 1, 2]
+            s = pool.stats()
+            assert s.calls_crashed == 1 and s.calls_redispatched == 3 and s.calls_ok == 3
+            assert victim not in pool.worker_pids()
+
+
 def test_a_call_behind_one_that_waits_for_it_is_taken_back_and_runs_on_a_free_worker() -> None:
     """A barrier across calls: the running call waits for the call behind it. Once the running
     call is older than BEHIND_LIMIT the lane takes back what its worker has not begun; the first

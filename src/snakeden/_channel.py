@@ -116,6 +116,9 @@ class Channel:
         # tell whether it had begun: their reply says (the worker's SKIPPED, or their result).
         self._takeable: dict[int, None] = {}
         self._asked: set[int] = set()
+        # Calls noted in the begun slot's ring of ids to skip, until their reply comes: once
+        # each, for the ring holds no more than the calls a worker can have waiting (14).
+        self._noted: set[int] = set()
         self._queued = 0  # bytes handed to send(), written or not
         self._written = 0  # bytes the kernel accepted
         self.loop: asyncio.AbstractEventLoop | None = None  # the pool's loop, in either mode
@@ -302,6 +305,8 @@ class Channel:
             ends.pop(frame.id, None)
             if self._takeable:
                 self._takeable.pop(frame.id, None)
+            if self._noted:
+                self._noted.discard(frame.id)
             if fut is None:
                 continue  # a late reply to a request whose caller gave up (a ping's timeout)
             if self._asked and frame.id in self._asked:
@@ -334,7 +339,7 @@ class Channel:
         if not every:
             del asking[1:]
         for ident in asking:
-            note_skip(slot, ident)
+            self.ask_skip(ident)
         fence()
         begun = ident_begun(slot)
         taken = 0
@@ -349,6 +354,13 @@ class Channel:
                 fut.set_exception(TakenBack())
             taken += 1
         return taken
+
+    def ask_skip(self, ident: int) -> None:
+        """Ask the worker to skip call ``ident`` if it has not begun it (``_shm.note_skip``);
+        a call is noted once, whoever asks (a take-back, its caller's cancellation)."""
+        if self.begun is not None and ident not in self._noted:
+            self._noted.add(ident)
+            note_skip(self.begun, ident)
 
     def host_call(self, frame: Frame) -> None:
         """A HOST_CALL frame read by a lease holder with several requests in flight."""
@@ -385,6 +397,7 @@ class Channel:
         lost = self.lost
         self._takeable.clear()
         self._asked.clear()
+        self._noted.clear()
         pending, self._pending = self._pending, {}
         for ident, fut in pending.items():
             if not fut.done():

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, NoReturn, Unpack
 
-from snakeden import _commands, _host_calls, _mapping, _progress, _shm
+from snakeden import _commands, _host_calls, _mapping, _progress
 from snakeden._async_sessions import AsyncSession
 from snakeden._calls import UNSET as _UNSET
 from snakeden._calls import Command
@@ -357,7 +357,7 @@ class Pool:
 
         if not drain.done():
             if w.pipelined and channel.begun is not None and _waiting(channel, ident):
-                _shm.note_skip(channel.begun, ident)  # not begun: the worker skips it
+                channel.ask_skip(ident)  # not begun: the worker skips it
                 kill = core.loop.call_later(grace, overdue)
             else:
                 kill = core.loop.call_later(grace, core.worker_failed, w, Cause.CANCEL_IGNORED)

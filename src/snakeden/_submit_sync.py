@@ -23,6 +23,7 @@ queue and run elsewhere.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -68,6 +69,7 @@ Item = tuple[
 ]
 
 _HOST_CALL: Final = int(Kind.HOST_CALL)
+log = logging.getLogger("snakeden")
 
 
 class _LeaseGone(Exception):
@@ -130,12 +132,13 @@ class Lane:
             self._run(w, first, waited, depth)
         except _LeaseGone:
             return
-        except BaseException as exc:  # interrupted: the worker's state is unknown
+        except BaseException as exc:  # a bug: the worker's state is unknown
+            log.exception("snakeden: a submit() lane failed; its calls fail with the error")
             core.worker_failed(w, Cause.INTERRUPTED)
             core.release(w, None)
             for s in self.inflight:
-                s.item[0].set_exception(exc)
-            raise
+                if not s.item[0].done():
+                    s.item[0].set_exception(exc)
 
     def _run(self, w: WorkerHandle, first: Item, waited: float, depth: int) -> None:
         core = self.core
@@ -202,7 +205,7 @@ class Lane:
                 try:
                     outcome = _resolve(w, s, frame)
                 except ProtocolError:
-                    core.worker_failed(w, Cause.PROTOCOL)
+                    core.worker_failed(w, Cause.PROTOCOL)  # its future has the error
                     core.checkout.count(w, "crashed", s.waited, time.perf_counter() - s.sent_at)
                     self._lost(w, ChannelLost(None), replies)
                     return
@@ -278,18 +281,19 @@ class Lane:
         for s in self.inflight:
             frame = replies.pop(s.ident, None)
             latency = time.perf_counter() - s.sent_at
-            if frame is not None and not (s.asked and is_skipped_reply(frame)):
+            if frame is not None and s.asked and is_skipped_reply(frame):
+                self._taken([s.item])  # skipped: it never ran
+            elif frame is not None:
                 try:
                     outcome = _resolve(w, s, frame)
                 except ProtocolError:
                     outcome = "crashed"
                 core.checkout.count(w, outcome, s.waited, latency)
-            elif frame is not None or (
+            elif (
                 _unsent_blocking(w, s.ident, s.end, self.written) and s.item[7] + 1 < MAX_DISPATCHES
             ):
-                if frame is None:
-                    with core.checkout.lock:
-                        core.checkout.counters.calls_redispatched += 1
+                with core.checkout.lock:
+                    core.checkout.counters.calls_redispatched += 1
                 again.append(_again(s.item))
             else:
                 core.checkout.count(w, "crashed", s.waited, latency)

@@ -147,3 +147,16 @@ def record_and_release(path: str, token: str, release: str) -> int:
     with open(release, "w") as f:
         f.write("x")
     return os.getpid()
+
+
+@snakeden.command
+def garbage_when_released(path: str, release: str) -> None:
+    """Create ``path`` (the call is running), wait until the test writes to the FIFO
+    ``release``, then write a frame header announcing 2 GiB on this worker's own channel and
+    carry on (the host must kill it rather than wait)."""
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    with open(release) as f:
+        f.read(1)
+    os.write(int(os.environ["SNAKEDEN_FDS"].split(",")[1]), b"\x7f\xff\xff\xff")
+    time.sleep(3600)  # the workload itself (stuck after the garbage), not a synchronisation
