@@ -117,7 +117,7 @@ class Channel:
         self._takeable: dict[int, None] = {}
         self._asked: set[int] = set()
         # Calls noted in the begun slot's ring of ids to skip, until their reply comes: once
-        # each, for the ring holds no more than the calls a worker can have waiting (14).
+        # each, for the ring holds no more than the calls a worker can have waiting (62).
         self._noted: set[int] = set()
         self._queued = 0  # bytes handed to send(), written or not
         self._written = 0  # bytes the kernel accepted

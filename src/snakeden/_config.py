@@ -105,7 +105,7 @@ class PoolOptions(TypedDict, total=False):
     * ``queue_timeout`` (default: none): how long a call may wait for a free worker
       (``QueueTimeout``); ``max_queue`` (default 100000): callers that may wait at once
       (beyond it, ``PoolSaturated``).
-    * ``pipeline`` (default 8, at most 15 take effect): calls in flight per worker, for the
+    * ``pipeline`` (default 32, at most 63 take effect): calls in flight per worker, for the
       asyncio ``Pool`` and ``SyncPool.submit()`` (``SyncPool.call()`` from threads runs one at
       a time per worker). When no worker is free and no caller waits, a call without a timeout
       (its own or the queue's) may wait in a busy worker's pipe behind the call it runs, if
@@ -245,7 +245,7 @@ class PoolConfig:
     ping_timeout: float = 5.0
     idle_timeout: float | None = None
     min_ready: int | None = None
-    pipeline: int = 8
+    pipeline: int = 32
     shm_threshold: int | None = DEFAULT_SHM_THRESHOLD
     restart_backoff: float = 0.05
     restart_backoff_max: float = 5.0

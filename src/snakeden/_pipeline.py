@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 BEHIND_LIMIT: Final = 0.01
 
 #: The most calls in flight a pipelined worker takes, whatever ``pipeline`` says: the calls
-#: waiting behind its running one must fit the begun slot's ring of ids to skip (14).
+#: waiting behind its running one must fit the begun slot's ring of ids to skip (62).
 MAX_DEPTH: Final = SKIP_RING + 1
 
 

@@ -54,7 +54,7 @@ def remove_leftovers(run_tag: str) -> int:
 # host also notes there a call it takes back from behind a long one, to run it on a worker that
 # came free (``Channel.take_back``); ``fence`` says why both sides need a barrier for that.
 
-SLOT_WORDS = 16
+SLOT_WORDS = 64
 SKIP_RING = SLOT_WORDS - 2
 
 

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from snakeden._bench._common import KIB, MIB, SCENARIOS, Settings, median, percentile
 from snakeden._bench._registry import BY_ID, CONTENDERS
+from snakeden._pipeline import MAX_DEPTH
 
 TIMES = "\u00d7"  # the multiplication sign, spelled out for the linter
 
@@ -130,7 +131,7 @@ def metrics(s: Settings) -> list[Metric]:
         Metric(
             "throughput",
             "throughput.pipelined",
-            "one call each, all in flight, pipeline=15, the most (snakeden only)",
+            f"one call each, all in flight, pipeline={MAX_DEPTH}, the most (snakeden only)",
             "calls/s",
             "higher",
             pooled_median("pipelined_calls_per_s"),
