@@ -4,7 +4,8 @@
 blocks on the reply with ``poll()`` for the deadline, so a synchronous call pays for no event-loop
 hop. Supervision (start, handshake, exit watching, replacement, health, output capture) runs on a
 private event-loop thread, never on the call path. ``submit()`` hands calls to a small set of
-dispatcher threads (one per possible worker, since each blocks on one worker at a time).
+dispatcher threads (``_dispatch_sync``; one per possible worker, since each leases one worker at a
+time), which keep several queued calls in their worker's pipe (``_submit_sync``).
 
 Like ``concurrent.futures``' executors, a pool still open when the interpreter exits first runs
 every call submitted to it, then stops its workers (a ``threading`` exit hook, which runs before
