@@ -6,12 +6,21 @@ from __future__ import annotations
 import array
 import asyncio
 import os
+import threading
 
 import pytest
 
 from snakeden import _channel, _shm
 from snakeden._channel import Channel, ChannelLost, TakenBack
-from snakeden._protocol import SKIPPED, Frame, Kind, encode_body, encode_frame, error_body
+from snakeden._protocol import (
+    SKIPPED,
+    Frame,
+    Kind,
+    ProtocolViolation,
+    encode_body,
+    encode_frame,
+    error_body,
+)
 
 
 def _pair() -> tuple[Channel, int, int]:
@@ -284,3 +293,47 @@ def test_a_write_that_finds_the_worker_gone_first_reads_the_replies_it_left() ->
             os.close(fd)
 
     asyncio.run(body())
+
+
+def test_a_reply_read_with_garbage_behind_it_is_its_callers() -> None:
+    """One read brings a reply and then garbage (the worker answered one call and broke the
+    protocol in the next): the first call has its result; the one in flight behind it is lost
+    with the framing."""
+
+    async def body() -> None:
+        channel, wr, ww = _pair()
+        channel.attach(asyncio.get_running_loop(), lambda lost: None)
+        first, answered = _call(channel, takeable=False)
+        _second, broken = _call(channel, takeable=True)
+        os.write(ww, encode_frame(Kind.RESULT, first, b"\xc0") + b"\x00\x00\x00\x01Z")
+        assert (await answered).id == first
+        with pytest.raises(ChannelLost) as info:
+            await broken
+        assert isinstance(info.value.cause, ProtocolViolation)
+        channel.close()
+        for fd in (wr, ww, channel.read_fd, channel.write_fd):
+            os.close(fd)
+
+    asyncio.run(body())
+
+
+def test_blocking_a_reply_read_with_garbage_is_returned_and_the_next_request_never_sent() -> None:
+    channel, wr, ww = _pair()
+    ident = channel.next_id()
+
+    def worker() -> None:  # reads the request, answers it and writes garbage in one go
+        assert os.read(wr, 1 << 16)
+        os.write(ww, encode_frame(Kind.RESULT, ident, b"\xc0") + b"\x7f\xff\xff\xff")
+
+    t = threading.Thread(target=worker)
+    t.start()
+    assert (
+        channel.request_blocking(ident, encode_frame(Kind.CALL, ident, b"\x90"), None).id == ident
+    )
+    t.join()
+    with pytest.raises(ChannelLost) as info:
+        channel.request_blocking(channel.next_id(), encode_frame(Kind.CALL, 2, b"\x90"), None)
+    assert info.value.unsent and isinstance(info.value.cause, ProtocolViolation)
+    assert not channel.unread()  # nothing more was written
+    for fd in (wr, ww, channel.read_fd, channel.write_fd):
+        os.close(fd)

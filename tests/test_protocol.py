@@ -579,7 +579,10 @@ def test_garbage_yields_frames_or_protocol_errors_only(
     try:
         for chunk in split_at(data, cuts):
             got += dec.feed(chunk)
-    except ProtocolViolation:  # FrameTooLarge is a subclass
+    except ProtocolViolation as exc:  # FrameTooLarge is a subclass
+        # The frames completed before the bad bytes come with the error, whole and in order.
+        got += exc.frames
+        assert data.startswith(b"".join(enc(f, limit) for f in got))
         with pytest.raises(ProtocolViolation):
             dec.feed(b"")
         return
@@ -588,6 +591,25 @@ def test_garbage_yields_frames_or_protocol_errors_only(
     assert data == consumed + data[len(consumed) :]
     assert dec.buffered == len(data) - len(consumed)
     assert all(len(enc(f, limit)) <= limit for f in got)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [b"\x00\x00\x00\x01Z", b"\x7f\xff\xff\xff"],
+    ids=["shorter than a header", "over the limit"],
+)
+def test_a_violation_carries_the_frames_completed_before_it(bad: bytes) -> None:
+    """A reply and garbage in one read: the reply is whole and its caller's, whichever way the
+    bytes are cut."""
+    good = [Frame(Kind.RESULT, 0, 7, b"\xc0"), Frame(Kind.RESULT, 0, 8, b"\x01")]
+    data = b"".join(enc(f, 1 << 20) for f in good) + bad
+    for cuts in ([], [len(data) - len(bad)], list(range(1, len(data)))):
+        dec = FrameDecoder(1 << 20)
+        got: list[Frame] = []
+        with pytest.raises(ProtocolViolation) as info:
+            for chunk in split_at(data, cuts):
+                got += dec.feed(chunk)
+        assert got + info.value.frames == good
 
 
 # --- body codecs --------------------------------------------------------------------------------

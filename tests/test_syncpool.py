@@ -9,7 +9,7 @@ import tempfile
 import pytest
 
 import snakeden
-from tests.rendezvous import Rendezvous
+from tests.rendezvous import Rendezvous, held_calls
 
 EX = "snakeden.examples"
 FAULTS = "tests.workers.faults"
@@ -73,3 +73,19 @@ def test_timeout_from_a_thread_kills_and_replaces() -> None:
         assert pool.worker_pids() != before
         s = pool.stats()
         assert s.calls_timed_out == 1 and s.restarts == 1
+
+
+def test_a_call_submitted_while_another_runs_long_reaches_the_idle_worker() -> None:
+    """Each submitted call gets a dispatcher thread unless an idle one waits for it: the second
+    call runs on the idle worker while the first still runs (it used to wait for the first)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        flags, releases = held_calls(tmp, 2)
+        with snakeden.SyncPool(FAULTS, size=2) as pool:
+            first = pool.submit("block_until", str(flags[0]), releases[0])
+            pid = int(flags[0].wait())
+            second = pool.submit("block_until", str(flags[1]), releases[1])
+            assert int(flags[1].wait()) != pid  # both run at once
+            for r in releases:
+                with open(r, "w") as f:
+                    f.write("x")
+            assert first.result(60) is None and second.result(60) is None

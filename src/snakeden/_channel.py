@@ -137,6 +137,7 @@ class Channel:
         # A HOST_CALL from the worker (its id is the worker's, not a request's): the pool's.
         self.on_host_call: Callable[[Channel, Frame], None] | None = None
         self._rq: deque[Frame] = deque()  # blocking mode: frames read after the one wanted
+        self._violation: ProtocolViolation | None = None  # blocking mode: to raise next read
 
     @property
     def attached(self) -> bool:
@@ -287,8 +288,14 @@ class Channel:
         try:
             frames = self.decoder.feed(self._rview[:n])
         except ProtocolViolation as exc:
+            # Replies read with the garbage, before it, are their callers' (a worker that
+            # answered one call and broke the protocol in the next, both in one read).
+            self._deliver(exc.frames)
             self._lose(exc)
             return
+        self._deliver(frames)
+
+    def _deliver(self, frames: list[Frame]) -> None:
         pending = self._pending
         ends = self._ends
         streams = self._streams
@@ -433,6 +440,8 @@ class Channel:
         """
         if self.lost is not None:
             raise self.lost.for_request(unsent=True)
+        if self._violation is not None:  # garbage came after the last reply
+            raise self._lost_blocking(self._violation, unsent=True)
         if self._rpoll.poll(0):
             self._read_idle_input()
         if deadline is None:  # the common case, inline: one write, all of it
@@ -451,6 +460,8 @@ class Channel:
         ChannelLost (unsent) for a channel already lost or a worker that broke while idle."""
         if self.lost is not None:
             raise self.lost.for_request(unsent=True)
+        if self._violation is not None:  # garbage came after the last reply
+            raise self._lost_blocking(self._violation, unsent=True)
         if self._rpoll.poll(0):
             self._read_idle_input()
 
@@ -458,6 +469,8 @@ class Channel:
         """One read: the frames it completed (maybe none), for a lease holder with several
         requests in flight, which sorts them out by id itself. Raises TimeoutError or
         ChannelLost (unsent=False: only the caller knows what each request's fate is)."""
+        if self._violation is not None:  # read with the frames returned last time
+            raise self._lost_blocking(self._violation, unsent=False)
         if deadline is not None:
             self._wait(self.read_fd, select.POLLIN, deadline)
         try:
@@ -469,7 +482,11 @@ class Channel:
         try:
             return self.decoder.feed(self._rview[:n])
         except ProtocolViolation as exc:
-            raise self._lost_blocking(exc, unsent=False) from None
+            if not exc.frames:
+                raise self._lost_blocking(exc, unsent=False) from None
+            # The frames before the garbage first: the loss comes with the next read.
+            self._violation = exc
+            return exc.frames
 
     def unread(self) -> int:
         """Bytes written to the worker and not read by it yet."""

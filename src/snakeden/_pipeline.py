@@ -86,8 +86,14 @@ class PipelineCheckout:
 
     def _may_queue(self, w: WorkerHandle, mode: int) -> bool:
         """Whether a call of ``mode`` may wait behind the call pipelined worker ``w`` runs: one
-        that may (JOIN), behind one that allows it (not solo) and began not long ago."""
-        return mode == JOIN and not w.solo and self.clock() - w.leased_at < BEHIND_LIMIT
+        that may (JOIN), behind one that allows it (not solo), began not long ago, and follows
+        a call that did not run long either."""
+        return (
+            mode == JOIN
+            and not w.solo
+            and self.clock() - w.leased_at < BEHIND_LIMIT
+            and w.last_run < BEHIND_LIMIT  # its calls run long: whatever joins comes back
+        )
 
     def _stuck(self) -> WorkerHandle | None:
         """The pipelined worker in service with calls behind the one it runs that began the

@@ -125,7 +125,12 @@ FEATURE_REGIONS: Final = "shm_regions"
 
 
 class ProtocolViolation(Exception):
-    """The peer sent bytes that are not a valid frame (internal; wrapped by the host)."""
+    """The peer sent bytes that are not a valid frame (internal; wrapped by the host).
+
+    ``frames``: the whole frames the same :meth:`FrameDecoder.feed` completed before the bad
+    bytes. They are valid; a reader delivers them before it drops the connection."""
+
+    frames: list[Frame] = []
 
 
 class FrameTooLarge(ProtocolViolation):
@@ -175,8 +180,9 @@ class FrameDecoder:
         """Add ``data`` and return every frame it completed, in order.
 
         Raises :class:`FrameTooLarge` as soon as a length prefix over the limit is seen, and
-        :class:`ProtocolViolation` for a frame too short to hold its header. After an error the
-        decoder is unusable: the stream has lost framing and the connection must be dropped.
+        :class:`ProtocolViolation` for a frame too short to hold its header; either carries the
+        frames completed before the bad bytes (``frames``). After an error the decoder is
+        unusable: the stream has lost framing and the connection must be dropped.
         """
         if self._closed:
             raise ProtocolViolation("decoder is unusable after an earlier protocol violation")
@@ -211,8 +217,9 @@ class FrameDecoder:
                     body = bytes(view[pos + HEADER_SIZE : stop])
                 frames.append(Frame(kind, flags, ident, body))
                 pos = stop
-        except ProtocolViolation:
+        except ProtocolViolation as exc:
             self._closed = True
+            exc.frames = frames
             raise
         if pos:
             del buf[:pos]

@@ -149,13 +149,19 @@ class Lane:
         replies: dict[int, Frame] = {}
         budget = _chunk_budget(w)
         began = clock()  # when the running call began (the host's view)
+        last_run = w.last_run  # how long the previous call ran: after a long one, none join
         taken = False  # the calls behind the running one were taken back: none join it now
         nxt: Item | None = first
         while True:
             batch: list[bytes] = []
             while budget and len(inflight) < depth:
                 if nxt is None:
-                    if taken or not inflight or clock() - began >= BEHIND_LIMIT:
+                    if (
+                        taken
+                        or not inflight
+                        or clock() - began >= BEHIND_LIMIT
+                        or last_run >= BEHIND_LIMIT
+                    ):
                         break
                     nxt = self.take()
                     if nxt is None:
@@ -175,7 +181,8 @@ class Lane:
             if not inflight:
                 break
             deadline = None
-            if not taken and (len(inflight) > 1 or (budget and len(inflight) < depth)):
+            room = budget and len(inflight) < depth and last_run < BEHIND_LIMIT
+            if not taken and (len(inflight) > 1 or room):
                 # While the running call is young, look at the queue again (calls may join it)
                 # and, once it is not, take back the calls behind it.
                 left = BEHIND_LIMIT - (clock() - began)
@@ -198,7 +205,9 @@ class Lane:
             while inflight and inflight[0].ident in replies:
                 s = inflight.popleft()
                 frame = replies.pop(s.ident)
-                began, taken = clock(), False  # the next call begins now
+                now = clock()
+                last_run, began, taken = now - began, now, False  # the next call begins now
+                w.last_run = last_run  # for the worker's next lease (this lane owns it)
                 if s.asked and is_skipped_reply(frame):
                     self._taken([s.item])  # the worker saw the note after all
                     continue

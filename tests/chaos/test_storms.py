@@ -36,6 +36,20 @@ def test_kill_storm(front: _chaos_procs.Front) -> None:
     check(run(_chaos.kill_storm(front, size=SIZE, rounds=12, min_calls=300, lanes=16)))
 
 
+@pytest.mark.parametrize("front", ["async", "submit"])
+def test_kill_storm_with_calls_taken_back(front: _chaos_procs.Front) -> None:
+    """The kill storm with calls of up to 40 ms (4x BEHIND_LIMIT) and SyncPool through
+    submit(): calls queue behind young ones and are taken back once those run long, while
+    workers die under them. The same expectations (failures only among calls that ran on a
+    killed worker, at most one per worker, every kill noticed and replaced, nothing leaked),
+    and calls were taken back."""
+    report = run(
+        _chaos.kill_storm(front, size=SIZE, rounds=12, min_calls=300, lanes=16, max_ms=40.0)
+    )
+    check(report)
+    assert report.taken_back, f"no call was taken back: {report.summary()}"
+
+
 @pytest.mark.parametrize("front", FRONTS)
 def test_hang_storm(front: _chaos_procs.Front) -> None:
     """8 calls hung in C (0.5 s timeout) among 150 normal ones: CallTimeout for exactly the hung
@@ -50,7 +64,7 @@ def test_cancel_storm() -> None:
     check(run(_chaos.cancel_storm(size=4, calls=300, aligned=200, cancel_grace=3.0)))
 
 
-@pytest.mark.parametrize("front", FRONTS)
+@pytest.mark.parametrize("front", [*FRONTS, "submit"])
 def test_garbage_storm(front: _chaos_procs.Front) -> None:
     """12 calls write garbage or absurd length prefixes onto their reply channel among 150 normal
     ones: ProtocolError for those (no timeout needed), results for the rest, no memory blow-up."""

@@ -155,12 +155,21 @@ class SyncFront:
 
     async def run(self, load: _Load, lanes: int, bound: float) -> bool:
         pool = self.p
+        return await self._run_lanes(
+            load,
+            lanes,
+            bound,
+            lambda spec: pool.call_with(spec.cmd, spec.args, timeout=spec.timeout),
+        )
 
+    async def _run_lanes(
+        self, load: _Load, lanes: int, bound: float, call: Callable[[CallSpec], Any]
+    ) -> bool:
         def lane() -> None:
             while (spec := load.take()) is not None:
                 t0 = time.monotonic()
                 try:
-                    value = pool.call_with(spec.cmd, spec.args, timeout=spec.timeout)
+                    value = call(spec)
                 except Exception as exc:
                     load.done(Outcome(spec, None, exc, t0, time.monotonic()))
                 else:
@@ -207,11 +216,30 @@ class SyncFront:
         return f"close() did not return within {within}s: {pool!r}"
 
 
+class SubmitFront(SyncFront):
+    """A ``snakeden.SyncPool`` driven through ``submit()`` (its pipelining lanes): each caller
+    thread submits a call and waits for its future; a call with a timeout goes by ``call()``."""
+
+    name: Front = "submit"
+
+    async def run(self, load: _Load, lanes: int, bound: float) -> bool:
+        pool = self.p
+
+        def call(spec: CallSpec) -> Any:
+            if spec.timeout is not None:
+                return pool.call_with(spec.cmd, spec.args, timeout=spec.timeout)
+            return pool.submit(spec.cmd, *spec.args).result()
+
+        return await self._run_lanes(load, lanes, bound, call)
+
+
 AnyFront = AsyncFront | SyncFront
 
 
 def make_front(front: Front, **options: Any) -> AnyFront:
-    return AsyncFront(**options) if front == "async" else SyncFront(**options)
+    if front == "async":
+        return AsyncFront(**options)
+    return SubmitFront(**options) if front == "submit" else SyncFront(**options)
 
 
 def _force_kill(pool: snakeden.Pool | snakeden.SyncPool) -> None:
@@ -287,6 +315,7 @@ class StormReport:
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
     kills: int = 0
     redispatched: int | None = None
+    taken_back: int | None = None  # calls taken back from behind a long one (pipelining)
     recovery: list[float] = field(default_factory=list)  # s, a kill to a replacement ready
     lateness: list[float] = field(default_factory=list)  # s, past a call's timeout
     figures: dict[str, float] = field(default_factory=dict)
@@ -300,6 +329,7 @@ class StormReport:
         head = (
             f"{self.storm}[{self.front}] seed={self.seed} calls={self.calls} ok={self.ok} "
             f"errors={dict(self.errors)} kills={self.kills} redispatched={self.redispatched} "
+            f"taken_back={self.taken_back} "
             f"recovery={_spread(self.recovery)} lateness={_spread(self.lateness)} "
             f"{' '.join(f'{k}={v:g}' for k, v in self.figures.items())} "
             f"elapsed={self.elapsed:.2f}s"
@@ -429,6 +459,7 @@ async def _settle(
         report.violations.extend(pool_violations(front.p, quiescent=True, size=size))
     s = front.stats()
     report.redispatched = getattr(s, "calls_redispatched", None)
+    report.taken_back = getattr(s, "calls_taken_back", None)
     for name, n in (counters or {}).items():
         if getattr(s, name) != n:
             report.violate(f"stats().{name} == {getattr(s, name)}, expected {n}")

@@ -30,7 +30,7 @@ MIB = 1024 * 1024
 #: close() takes a fraction of a second; past this it is taken to hang (a leaked lease).
 CLOSE_BOUND = 10.0
 
-Front = Literal["async", "sync"]
+Front = Literal["async", "sync", "submit"]
 
 
 async def pace(seconds: float) -> None:
