@@ -184,8 +184,6 @@ class Checkout(SessionCheckout[Waiter], PipelineCheckout):
                 w.busy_time += latency  # utilisation = busy time over wall time (metrics)
                 w.calls += 1
                 w.last_used = self.clock()
-                if w.inflight == 1:  # its only call: it ran from the lease on
-                    w.last_run = w.last_used - w.leased_at
             if (
                 w.inflight == 1
                 and w.state is BUSY
@@ -254,8 +252,7 @@ class Checkout(SessionCheckout[Waiter], PipelineCheckout):
             # only if it may queue (and a session's may not).
             behind = w.pipelined and w.inflight > 0
             if behind and in_order:
-                now = self.clock()
-                w.last_run, w.leased_at = now - w.leased_at, now
+                w.leased_at = self.clock()
             # Callers of a session pinned to this worker first: they can go nowhere else.
             waiter = self._next_pinned(w) if self.pinned and not behind else None
             while waiter is None and self.waiters:

@@ -116,8 +116,8 @@ class WorkerHandle:
         # lease began (pool clock), and the command the latest lease runs.
         self.busy_time = 0.0
         self.leased_at = 0.0
-        # How long its previous call ran, in the host's view (pipelining: a worker whose calls
-        # run long takes none behind them, which would only be taken back).
+        # How long its previous call ran, in the host's view (SyncPool.submit's lanes: a worker
+        # whose calls run long takes none behind them, which would only be taken back).
         self.last_run = 0.0
         self.current_command = ""
         self.inflight = 0  # leases held (>1 only with pipelining)
