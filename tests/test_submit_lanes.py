@@ -101,8 +101,9 @@ def test_a_call_behind_one_that_waits_for_it_is_taken_back_and_runs_on_a_free_wo
             now[0] = 1.0  # both running calls are now old: what waits behind them comes back
             _queue_holds(pool, 2)
             pathlib.Path(releases[j]).write_text("x")
-            assert filler.result(BOUND) == pids[j]
             assert barrier.result(BOUND) == pids[j]  # on the worker that came free
+            # Given back by two lanes in either order: the filler ran on one of them.
+            assert filler.result(BOUND) in pids
             assert [h.result(BOUND) for h in held] == [None, None]
             s = pool.stats()
             assert s.calls_taken_back == 2 and s.restarts == 0 and s.calls_ok == 4
