@@ -104,8 +104,7 @@ class _Server:
         # bytearray is zeroed at once, 256 page faults on a new worker's way to its HELLO.
         self.buf = mmap.mmap(-1, _READ_SIZE)
         self.view = memoryview(self.buf)
-        # Frames read while a call ran (by its Link) that the serving loop handles next, in
-        # order; None: end of file.
+        # Frames read while a call ran (its Link's) for the serving loop next; None: EOF.
         self.backlog: deque[Frame | None] = deque()
         self.wlock: threading.Lock | None = None  # the concurrent runtime's writers share it
         self.current = 0  # the call running on the single-call path, and its command
@@ -116,14 +115,11 @@ class _Server:
         self.run_tag = os.environ.get("SNAKEDEN_RUN_TAG", "")
         worker_id = os.environ.get("SNAKEDEN_WORKER_ID", "")
         self.shared = _regions.WorkerSide.open(self.run_tag, worker_id)
-        # The host's record of which call this worker began (see _shm.begun_path).
-        self.begun = (
-            _shm.map_slot(_shm.begun_path(self.run_tag, worker_id), create=False)
-            if self.run_tag and worker_id
-            else None
-        )
-        if self.begun is not None and len(self.begun) < _shm.SLOT_WORDS:
-            self.begun = None  # an older host's slot: no room for the ids to skip
+        # The host's record of which call this worker began (see _shm.begun_path); an older
+        # host's slot has no room for the ids to skip: not used.
+        path = _shm.begun_path(self.run_tag, worker_id)
+        begun = _shm.map_slot(path, create=False) if self.run_tag and worker_id else None
+        self.begun = begun if begun is not None and len(begun) >= _shm.SLOT_WORDS else None
         self.skips = _shm.Skips()  # calls cancelled before they began (see _shm.note_skip)
         self.by_pipe = 0  # the running call's NO_REGION flag (see _reply)
         self.link = Link(self)
@@ -193,13 +189,10 @@ class _Server:
                     begun = self.begun
                     if begun is not None:
                         begun[0] = frame.id  # before anything of the call can happen
-                        if frame.flags & NO_REGION:
-                            # It waited behind another call: the host may be taking it back
-                            # right now, and must not miss this store (see _shm.fence).
-                            _shm.fence()
+                        if frame.flags & NO_REGION:  # behind another: the host may be
+                            _shm.fence()  # taking it back now, and must see the store above
                         if (skips.ids or skips.count != begun[1]) and skips.take(begun, frame.id):
-                            # Its caller went away while it waited behind another call, or the
-                            # host took it back to run it elsewhere.
+                            # Cancelled while it waited behind another call, or taken back.
                             self.send_error(
                                 frame.id, 0, kind="cancelled", type_name="", message=SKIPPED
                             )
