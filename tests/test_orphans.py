@@ -64,8 +64,13 @@ def test_without_its_watcher_a_dead_hosts_leftovers_are_reaped_by_the_next_pool(
         host.wait(60)
         assert survivors([*workers, *helpers]) == []
 
-        # What a worker started itself survives its worker... until the next pool starts.
-        assert psutil.pid_exists(grandchild)
+        # What a worker started itself survives its worker... until the next pool starts. With
+        # the fork method the template may see the host's end before its own parent-death
+        # signal and kill its workers' groups itself, the grandchild with them (it failed this
+        # assertion about one run in four): only spawn, which has no template, is sure to
+        # leave it for the reaper. Either way it is gone once the next pool has started.
+        if method == "spawn":
+            assert psutil.pid_exists(grandchild)
         monkeypatch.setenv("SNAKEDEN_RUNTIME_DIR", runtime)
         with snakeden.SyncPool("snakeden.examples", size=1) as pool:
             assert pool.call("add", 1, 1) == 2
