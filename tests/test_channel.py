@@ -188,6 +188,15 @@ def _frame_ids(fd: int) -> list[int]:
     return ids
 
 
+def _attached() -> tuple[Channel, int, int]:
+    """:func:`_pair`, attached to the running loop, with a begun slot of its own (a Python
+    worker's, whose ids the test sets itself)."""
+    channel, wr, ww = _pair()
+    channel.attach(asyncio.get_running_loop(), lambda lost: None)
+    channel.begun = memoryview(array.array("I", [0] * _shm.SLOT_WORDS)).cast("B").cast("I")
+    return channel, wr, ww
+
+
 def _call(channel: Channel, *, takeable: bool) -> tuple[int, asyncio.Future[Frame]]:
     ident = channel.next_id()
     fut = channel.expect(ident)
@@ -197,9 +206,7 @@ def _call(channel: Channel, *, takeable: bool) -> tuple[int, asyncio.Future[Fram
 
 def test_take_back_takes_the_oldest_call_not_begun_and_notes_it_for_the_worker() -> None:
     async def body() -> None:
-        channel, wr, ww = _pair()
-        channel.attach(asyncio.get_running_loop(), lambda lost: None)
-        channel.begun = memoryview(array.array("I", [0] * _shm.SLOT_WORDS)).cast("B").cast("I")
+        channel, wr, ww = _attached()
         first, running = _call(channel, takeable=False)
         second, behind = _call(channel, takeable=True)
         third, last = _call(channel, takeable=True)
@@ -233,10 +240,9 @@ def test_take_back_racing_the_worker_lets_its_answer_decide(
     ran, and is the caller's as usual."""
 
     async def body() -> None:
-        channel, wr, ww = _pair()
-        channel.attach(asyncio.get_running_loop(), lambda lost: None)
-        slot = memoryview(array.array("I", [0] * _shm.SLOT_WORDS)).cast("B").cast("I")
-        channel.begun = slot
+        channel, wr, ww = _attached()
+        slot = channel.begun
+        assert slot is not None
         first, running = _call(channel, takeable=False)
         second, behind = _call(channel, takeable=True)
         slot[0] = first
@@ -270,9 +276,7 @@ def test_a_write_that_finds_the_worker_gone_first_reads_the_replies_it_left() ->
     is lost, and the new one never reached it."""
 
     async def body() -> None:
-        channel, wr, ww = _pair()
-        channel.attach(asyncio.get_running_loop(), lambda lost: None)
-        channel.begun = memoryview(array.array("I", [0] * _shm.SLOT_WORDS)).cast("B").cast("I")
+        channel, wr, ww = _attached()
         first, answered = _call(channel, takeable=False)
         second, running = _call(channel, takeable=True)
         await asyncio.sleep(0)  # a yield: the second goes out

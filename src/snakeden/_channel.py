@@ -78,6 +78,21 @@ def comes_after(ident: int, begun: int) -> bool:
     return 0 < (ident - begun) % (1 << 32) < (1 << 31)
 
 
+def claim_unbegun(slot: memoryview, idents: list[int], note: Callable[[int], None]) -> set[int]:
+    """Of ``idents`` (calls waiting in a worker's pipe), those the worker will provably never
+    begin: ``note`` asks it to skip each, and the begun slot then says which it had not begun.
+
+    Dekker's handshake (``_shm.fence``): the host notes the skips, then reads the begun id; the
+    worker stores the begun id, then reads the skips. If the host reads an id before a call's,
+    the worker sees that call's note before it runs it. The others it may have begun, or may
+    yet skip: their replies say (SKIPPED, or their result)."""
+    for ident in idents:
+        note(ident)
+    fence()
+    begun = ident_begun(slot)
+    return {ident for ident in idents if comes_after(ident, begun)}
+
+
 def is_skipped_reply(frame: Frame) -> bool:
     """Whether ``frame`` is the worker's answer for a call it skipped (``_protocol.SKIPPED``)."""
     if frame.kind != _ERROR or frame.flags & PICKLE:
@@ -333,11 +348,7 @@ class Channel:
         of them) that the worker provably has not begun: its caller gets :class:`TakenBack`
         and sends it again. Returns how many were taken. A call the worker may just have begun
         stays; if the worker skipped it after all, its SKIPPED answer becomes TakenBack as it
-        comes.
-
-        Dekker's handshake over the begun slot (``_shm.fence``): the host notes the skip, then
-        reads the begun id; the worker stores the begun id, then reads the skips. If the host
-        reads an id before this call's, the worker will see the note before it runs the call."""
+        comes (:func:`claim_unbegun`)."""
         slot = self.begun
         if slot is None or self.lost is not None or not self._takeable:
             return 0
@@ -345,13 +356,9 @@ class Channel:
         asking = [i for i in self._takeable if i not in self._asked and comes_after(i, begun)]
         if not every:
             del asking[1:]
+        taken = claim_unbegun(slot, asking, self.ask_skip)
         for ident in asking:
-            self.ask_skip(ident)
-        fence()
-        begun = ident_begun(slot)
-        taken = 0
-        for ident in asking:
-            if not comes_after(ident, begun):
+            if ident not in taken:
                 self._asked.add(ident)  # begun meanwhile, or about to be skipped: its reply says
                 continue
             del self._takeable[ident]
@@ -359,8 +366,7 @@ class Channel:
             fut = self._pending.pop(ident, None)
             if fut is not None and not fut.done():
                 fut.set_exception(TakenBack())
-            taken += 1
-        return taken
+        return len(taken)
 
     def ask_skip(self, ident: int) -> None:
         """Ask the worker to skip call ``ident`` if it has not begun it (``_shm.note_skip``);

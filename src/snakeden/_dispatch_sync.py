@@ -34,7 +34,10 @@ class DispatchQueue:
     def put(self, entry: Any) -> None:
         with self._cond:
             self._items.append(entry)
-            self._cond.notify_all() if self._watchers else self._cond.notify()
+            if self._watchers:
+                self._cond.notify_all()
+            else:
+                self._cond.notify()
 
     def put_front(self, entries: list[Any]) -> None:
         with self._cond:

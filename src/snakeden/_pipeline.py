@@ -94,30 +94,23 @@ class PipelineCheckout:
         13-20.6k against 23-29k calls/s)."""
         return mode == JOIN and not w.solo and self.clock() - w.leased_at < BEHIND_LIMIT
 
+    def _with_calls_behind(self) -> list[WorkerHandle]:
+        """Pipelined workers in service with calls waiting behind the one they run."""
+        return [
+            w for w in self.workers.values() if w.pipelined and w.inflight > 1 and w.state is BUSY
+        ]
+
     def _stuck(self) -> WorkerHandle | None:
-        """The pipelined worker in service with calls behind the one it runs that began the
-        longest ago (a worker just came free: one of those calls should run there)."""
-        stuck = None
-        for w in self.workers.values():
-            if (
-                w.pipelined
-                and w.inflight > 1
-                and w.state is BUSY
-                and (stuck is None or w.leased_at < stuck.leased_at)
-            ):
-                stuck = w
-        return stuck
+        """Of those, the one whose running call began the longest ago (a worker just came
+        free: one of the calls behind it should run there)."""
+        return min(self._with_calls_behind(), key=lambda w: w.leased_at, default=None)
 
     def stuck(self) -> list[WorkerHandle]:
         """The pipelined workers in service whose running call, with calls behind it, began
         ``BEHIND_LIMIT`` ago or more."""
         with self.lock:
             old = self.clock() - BEHIND_LIMIT
-            return [
-                w
-                for w in self.workers.values()
-                if w.pipelined and w.inflight > 1 and w.state is BUSY and w.leased_at <= old
-            ]
+            return [w for w in self._with_calls_behind() if w.leased_at <= old]
 
     def resend(self, w: WorkerHandle, *, taken_back: bool = False) -> Actions | None:
         """Give back the lease of a call that never reached ``w`` (dead), or (``taken_back``)

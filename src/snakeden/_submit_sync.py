@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from snakeden import _regions
 from snakeden._calls import Command, command_name, decode_reply, unpack_batch
-from snakeden._channel import ChannelLost, comes_after, ident_begun, is_skipped_reply
+from snakeden._channel import ChannelLost, claim_unbegun, is_skipped_reply
 from snakeden._crashes import MAX_DISPATCHES, is_violation
 from snakeden._errors import ProtocolError
 from snakeden._handle import Cause, WorkerHandle
@@ -48,7 +48,7 @@ from snakeden._protocol import (
     Kind,
     encode_header,
 )
-from snakeden._shm import fence, note_skip
+from snakeden._shm import note_skip
 from snakeden._stats import Outcome
 
 if TYPE_CHECKING:
@@ -261,16 +261,14 @@ class Lane:
         behind = [s for s in list(self.inflight)[1:] if not s.asked]
         if not behind:
             return
-        for s in behind:
-            note_skip(slot, s.ident)
-        fence()
-        begun = ident_begun(slot)
-        taken = [s for s in behind if comes_after(s.ident, begun)]
+        # Noted once each (``asked``), so straight into the ring, not through the channel's
+        # own bookkeeping, which only its asyncio mode clears as replies come.
+        taken = claim_unbegun(slot, [s.ident for s in behind], lambda i: note_skip(slot, i))
         for s in behind:
             s.asked = True
-        for s in taken:
-            self.inflight.remove(s)
-        self._taken([s.item for s in taken])
+            if s.ident in taken:
+                self.inflight.remove(s)
+        self._taken([s.item for s in behind if s.ident in taken])
 
     def _taken(self, items: list[Item]) -> None:
         if not items:

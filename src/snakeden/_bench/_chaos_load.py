@@ -70,7 +70,25 @@ class _Load:
             self.running -= 1
 
 
-class AsyncFront:
+class _Front:
+    """What the storms read of either front's pool."""
+
+    @property
+    def p(self) -> snakeden.Pool | snakeden.SyncPool:
+        raise NotImplementedError
+
+    def stats(self) -> snakeden.PoolStats:
+        return self.p.stats()
+
+    def pids(self) -> list[int]:
+        return self.p.worker_pids()
+
+    @property
+    def run_tag(self) -> str:
+        return self.p.run_tag
+
+
+class AsyncFront(_Front):
     """A ``snakeden.Pool`` on the storm's own event loop."""
 
     name: Front = "async"
@@ -115,16 +133,6 @@ class AsyncFront:
     async def wait_ready(self, timeout: float) -> None:
         await self.p.wait_ready(timeout=timeout)
 
-    def stats(self) -> snakeden.PoolStats:
-        return self.p.stats()
-
-    def pids(self) -> list[int]:
-        return self.p.worker_pids()
-
-    @property
-    def run_tag(self) -> str:
-        return self.p.run_tag
-
     async def close(self, within: float, **kwargs: Any) -> str | None:
         closing = asyncio.ensure_future(self.p.close(**kwargs))
         done, _ = await asyncio.wait({closing}, timeout=within)
@@ -135,7 +143,7 @@ class AsyncFront:
         return f"close() did not return within {within}s: {self.p!r}"
 
 
-class SyncFront:
+class SyncFront(_Front):
     """A ``snakeden.SyncPool``; its callers are threads, the storm's loop only orchestrates."""
 
     name: Front = "sync"
@@ -194,16 +202,6 @@ class SyncFront:
 
     async def wait_ready(self, timeout: float) -> None:
         await asyncio.to_thread(self.p.wait_ready, None, timeout)
-
-    def stats(self) -> snakeden.PoolStats:
-        return self.p.stats()
-
-    def pids(self) -> list[int]:
-        return self.p.worker_pids()
-
-    @property
-    def run_tag(self) -> str:
-        return self.p.run_tag
 
     async def close(self, within: float, **kwargs: Any) -> str | None:
         pool = self.p

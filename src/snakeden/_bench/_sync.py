@@ -166,6 +166,17 @@ def probe_capacity(
     return None
 
 
+def _submit_rate(h: SyncHandle, n: int, warmup: int) -> float:
+    """Calls per second for ``n`` trivial calls submitted at once (after ``warmup`` of them)."""
+    for f in [h.submit("echo", b"x") for _ in range(warmup)]:
+        f.result()
+    t0 = time.perf_counter()
+    futures = [h.submit("echo", b"x") for _ in range(n)]
+    for f in futures:
+        f.result()
+    return n / (time.perf_counter() - t0)
+
+
 def run_scenario(
     h_factory: type[SyncHandle], scenario: str, variant: str | None, s: Settings, ctx: Context
 ) -> Outcome:
@@ -196,14 +207,7 @@ def run_scenario(
         with h_factory(s.size) as h:
             out.info.update(h.info())
             n = s.throughput_calls
-            warm = [h.submit("echo", b"x") for _ in range(s.warmup_calls)]
-            for f in warm:
-                f.result()
-            t0 = time.perf_counter()
-            futures = [h.submit("echo", b"x") for _ in range(n)]
-            for f in futures:
-                f.result()
-            out.add("submit_calls_per_s", n / (time.perf_counter() - t0))
+            out.add("submit_calls_per_s", _submit_rate(h, n, s.warmup_calls))
             out.note(f"{n} calls in flight: {h.api.get('submit', 'submit')} each, then wait all")
             items = [b"x"] * n
             try:
@@ -224,14 +228,7 @@ def run_scenario(
                 out.note(f"bulk map n/a: {exc}")
         if h_factory.tuned is not None:
             with h_factory.tuned(s.size) as h:
-                warm = [h.submit("echo", b"x") for _ in range(s.warmup_calls)]
-                for f in warm:
-                    f.result()
-                t0 = time.perf_counter()
-                futures = [h.submit("echo", b"x") for _ in range(n)]
-                for f in futures:
-                    f.result()
-                out.add("pipelined_calls_per_s", n / (time.perf_counter() - t0))
+                out.add("pipelined_calls_per_s", _submit_rate(h, n, s.warmup_calls))
                 out.note(f"tuned: {h.info().get('tuned', '')}")
     elif scenario == "payload":
         with h_factory(s.size) as h:
